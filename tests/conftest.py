@@ -1,0 +1,5 @@
+"""Shared fixtures. Server fixtures live in tests/servers/, one module per kind."""
+
+pytest_plugins: list = [
+    # each module under tests/servers/ that defines fixtures is listed here
+]
