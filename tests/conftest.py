@@ -2,4 +2,7 @@
 
 pytest_plugins: list = [
     # each module under tests/servers/ that defines fixtures is listed here
+    "tests.servers.postgres",
+    "tests.servers.mariadb",
+    "tests.servers.redis",
 ]
