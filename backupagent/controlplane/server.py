@@ -1,0 +1,47 @@
+"""Run the app under uvicorn on a socket we bind ourselves.
+
+Binding first (rather than letting uvicorn bind) is what makes ``--port 0``
+useful: the real port is known before the server starts, so it can be printed
+or handed to a test without racing for a "free" port.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Tuple
+
+import uvicorn
+
+from backupagent.controlplane.app import create_app
+from backupagent.controlplane.store import Store
+
+
+def bind(host: str, port: int) -> Tuple[socket.socket, int]:
+    """A listening TCP socket on ``host:port`` (0 picks a free port) and its actual port."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock, sock.getsockname()[1]
+
+
+def make_server(store: Store, *, log_level: str = "warning") -> uvicorn.Server:
+    config = uvicorn.Config(
+        create_app(store),
+        log_level=log_level,
+        lifespan="off",
+        access_log=log_level in ("debug", "info"),
+        timeout_graceful_shutdown=5,
+        server_header=False,
+    )
+    return uvicorn.Server(config)
+
+
+def url_for(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
