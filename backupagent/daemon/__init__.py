@@ -1,0 +1,1 @@
+"""The long-lived agent: heartbeats, config sync and the backup schedule."""
