@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Iterator, List
+from typing import Iterator, List, Optional
 
 import pytest
 
@@ -42,7 +42,7 @@ def server() -> Iterator[ScriptedServer]:
         yield srv
 
 
-def client(srv: ScriptedServer, sleeps: List[float] = None, **kw) -> ApiClient:  # type: ignore[assignment]
+def client(srv: ScriptedServer, sleeps: Optional[List[float]] = None, **kw) -> ApiClient:  # type: ignore[assignment]
     recorded = sleeps if sleeps is not None else []
     return ApiClient(srv.url, KEY, sleep=recorded.append, **kw)
 
