@@ -67,7 +67,7 @@ def _describe(err: Dict[str, Any]) -> str:
         msg = "unknown field (not in the Agent API reference)"
     elif kind == "missing":
         msg = "required field is missing"
-    return f"{path}: {msg}" if path else msg
+    return f"{path or 'body'}: {msg}"
 
 
 def _errors(*codes: int) -> Dict[Any, Dict[str, Any]]:

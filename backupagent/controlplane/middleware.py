@@ -178,7 +178,7 @@ def _recordable_body(path: str, body: bytes) -> Optional[str]:
 
 
 async def _send_error(send: Send, status: int, error: str, message: str) -> None:
-    payload = json.dumps({"error": error, "message": message}).encode("utf-8")
+    payload = json.dumps({"error": error, "message": message}, separators=(",", ":")).encode()
     await send(
         {
             "type": "http.response.start",
