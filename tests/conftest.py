@@ -5,4 +5,5 @@ pytest_plugins: list = [
     "tests.servers.postgres",
     "tests.servers.mariadb",
     "tests.servers.redis",
+    "tests.servers.s3",
 ]
