@@ -1,0 +1,267 @@
+"""One backup, end to end: the only place that knows the order of its steps.
+
+start job -> dump (engine) -> pipeline (zstd, age) -> target write -> check the
+dump's exit -> commit object -> manifest -> completed -> retention.
+
+A failure anywhere before the commit aborts the object, so nothing partial is
+ever visible under a backup's name; and ``completed`` is sent only after the
+object and its manifest are both committed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence
+
+from backupagent.api.models import JobStartRequest, JobStatusUpdate
+from backupagent.errors import AgentError
+from backupagent.jobs.result import CancelToken, JobResult
+from backupagent.logs import redact
+from backupagent.report.base import JobLog, Reporter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BackupSpec:
+    """Everything one backup needs, resolved: no config lookups past this point."""
+
+    conn: Any  # engines.base.ConnectionSpec (with host credentials)
+    target: Any  # targets.base.Target
+    database_id: str
+    target_id: str
+    hostname: str
+    recipients: Sequence[str] = ()
+    compression_level: int = 3
+    schedule_id: Optional[str] = None
+    retention: Any = None  # config.model.Retention or None
+    spool_dir: Optional[Path] = None
+    extra_manifest: Dict[str, Any] = field(default_factory=dict)
+
+
+class _Stages:
+    """Turns the pipeline's stage callbacks into status reports, in order, once each."""
+
+    def __init__(self, reporter: Reporter, job_id: str, joblog: JobLog) -> None:
+        self.reporter, self.job_id, self.joblog = reporter, job_id, joblog
+        self.seen: list = []
+
+    def __call__(self, stage: str) -> None:
+        if stage in self.seen:
+            return
+        self.seen.append(stage)
+        self.joblog.add("info", f"stage {stage}")
+        self.reporter.job_status(self.job_id, JobStatusUpdate(status=stage))
+
+
+def run_backup(
+    spec: BackupSpec, reporter: Reporter, cancel: Optional[CancelToken] = None, progress: Any = None
+) -> JobResult:
+    from backupagent.engines.registry import get_engine
+    from backupagent.pipeline.manifest import build_manifest
+    from backupagent.pipeline.run import run_backup_pipeline
+    from backupagent.pipeline.source import FileSource, ProcessSource
+    from backupagent.targets.keys import manifest_key, object_key
+
+    cancel = cancel or CancelToken()
+    started = time.monotonic()
+    started_at = dt.datetime.now(dt.timezone.utc)
+    job_id = reporter.start_job(
+        JobStartRequest(
+            databaseId=spec.database_id, targetId=spec.target_id, scheduleId=spec.schedule_id
+        )
+    )
+    joblog = JobLog(reporter, job_id)
+    conn = spec.conn
+    label = f"{conn.db_type}/{conn.database_name}"
+    joblog.add("info", f"Starting backup of {label} ({conn.redacted_url()}) as job {job_id}")
+    log.info("backup %s started as job %s", label, job_id, extra={"jobId": job_id})
+    if not spec.recipients:
+        joblog.add("warn", "target has no encryption recipients: the backup is stored UNENCRYPTED")
+    stages = _Stages(reporter, job_id, joblog)
+    writer = None
+    workdir = Path(
+        tempfile.mkdtemp(
+            prefix=f"job-{job_id[:36]}-", dir=str(spec.spool_dir) if spec.spool_dir else None
+        )
+    )
+    try:
+        engine = get_engine(conn.db_type)
+        server_version = engine.server_version(conn)
+        tool_version = engine.tool_version()
+        joblog.add("info", f"server version {server_version}; dump tool {tool_version}")
+        key = object_key(
+            "",
+            spec.hostname,
+            conn.db_type,
+            conn.database_name or "default",
+            started_at,
+            job_id,
+            _extension(engine.file_extension, spec.recipients),
+        )
+        with engine.prepare_dump(conn, workdir) as plan:
+            if plan.row_counts:
+                joblog.add(
+                    "info",
+                    f"{len(plan.row_counts)} tables, "
+                    f"{sum(plan.row_counts.values())} rows at dump time"
+                    f"{'' if plan.row_counts_exact else ' (approximate)'}",
+                )
+            source = (
+                FileSource(plan.source_file)
+                if plan.source_file is not None
+                else ProcessSource(plan.argv, plan.env, cwd=str(workdir), cancel=cancel)
+            )
+            writer = spec.target.open_writer(key)
+            result = run_backup_pipeline(
+                source,
+                writer,
+                level=spec.compression_level,
+                recipients=list(spec.recipients),
+                on_stage=stages,
+                cancel=cancel,
+                progress=progress,
+            )
+            if cancel.cancelled:
+                raise AgentError("backup cancelled", code=cancel.reason)
+            upload_path = writer.commit()
+            duration_ms = int((time.monotonic() - started) * 1000)
+            manifest = build_manifest(
+                engine=engine,
+                conn=conn,
+                plan=plan,
+                result=result,
+                job_id=job_id,
+                schedule_id=spec.schedule_id,
+                database_id=spec.database_id,
+                object_key=key,
+                recipients=list(spec.recipients),
+                compression_level=spec.compression_level,
+                server_version=server_version,
+                tool_version=tool_version,
+                started_at=started_at,
+                duration_ms=duration_ms,
+                extra=spec.extra_manifest,
+            )
+        _write_manifest(spec.target, manifest_key(key), manifest, upload_path)
+        joblog.add(
+            "info",
+            f"stored {result.stored_size} bytes at {upload_path} "
+            f"(dump {result.dump_size}, compressed {result.compressed_size}) "
+            f"in {duration_ms} ms",
+        )
+        reporter.job_status(
+            job_id,
+            JobStatusUpdate(
+                status="completed",
+                dumpSize=result.dump_size,
+                compressedSize=result.compressed_size,
+                uploadPath=upload_path,
+                durationMs=duration_ms,
+            ),
+        )
+        log.info(
+            "backup %s completed: %s",
+            label,
+            upload_path,
+            extra={"jobId": job_id, "uploadPath": upload_path, "durationMs": duration_ms},
+        )
+        outcome = JobResult(
+            status="completed",
+            job_id=job_id,
+            details={
+                "uploadPath": upload_path,
+                "objectKey": key,
+                "dumpSize": result.dump_size,
+                "compressedSize": result.compressed_size,
+                "storedSize": result.stored_size,
+                "sha256": result.sha256,
+                "durationMs": duration_ms,
+                "manifest": manifest,
+            },
+        )
+    except BaseException as exc:
+        if writer is not None:
+            _abort(writer)
+        code, message = _failure(exc, cancel)
+        duration_ms = int((time.monotonic() - started) * 1000)
+        joblog.add("error", f"backup failed ({code}): {message}")
+        reporter.job_status(
+            job_id,
+            JobStatusUpdate(
+                status="failed", errorCode=code, errorMessage=message, durationMs=duration_ms
+            ),
+        )
+        log.error("backup %s failed (%s): %s", label, code, message, extra={"jobId": job_id})
+        joblog.flush()
+        shutil.rmtree(workdir, ignore_errors=True)
+        if not isinstance(exc, Exception):
+            raise  # KeyboardInterrupt / SystemExit: reported, then propagated
+        return JobResult(status="failed", job_id=job_id, error_code=code, error_message=message)
+    shutil.rmtree(workdir, ignore_errors=True)
+    _apply_retention(spec, key, joblog)
+    joblog.flush()
+    return outcome
+
+
+def _extension(base: str, recipients: Sequence[str]) -> str:
+    return f"{base}.zst.age" if recipients else f"{base}.zst"
+
+
+def _write_manifest(target: Any, key: str, manifest: Dict[str, Any], upload_path: str) -> None:
+    data = json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8") + b"\n"
+    try:
+        with target.open_writer(key) as w:
+            w.write(data)
+            w.commit()
+    except BaseException:
+        # Without a manifest the object is an orphan nobody can trust: remove it.
+        try:
+            target.delete(key[: -len(".manifest.json")])
+        except Exception as exc:  # the original failure matters more
+            log.warning("could not remove %s after its manifest failed: %s", upload_path, exc)
+        raise
+
+
+def _abort(writer: Any) -> None:
+    try:
+        writer.abort()
+    except Exception as exc:
+        log.warning("aborting the partial object failed: %s", exc)
+
+
+def _failure(exc: BaseException, cancel: CancelToken) -> tuple[str, str]:
+    if cancel.cancelled:
+        return cancel.reason, redact(f"backup {cancel.reason.lower()}: {exc}")
+    if isinstance(exc, AgentError):
+        return exc.code, redact(str(exc))
+    if isinstance(exc, KeyboardInterrupt):
+        return "CANCELLED", "interrupted"
+    if isinstance(exc, OSError):
+        return "IO_ERROR", redact(f"{type(exc).__name__}: {exc}")
+    log.exception("unexpected error in backup")
+    return "INTERNAL", redact(f"{type(exc).__name__}: {exc}")
+
+
+def _apply_retention(spec: BackupSpec, key: str, joblog: JobLog) -> None:
+    """Prune after a good backup; a pruning problem is logged, never fails the job."""
+    policy = spec.retention
+    if policy is None or getattr(policy, "keeps_everything", False):
+        return
+    try:
+        from backupagent.jobs.prune import apply_retention
+
+        db_prefix = key.rsplit("/", 1)[0] + "/"
+        plan = apply_retention(spec.target, db_prefix, policy)
+        if plan.remove:
+            joblog.add("info", f"retention removed {len(plan.remove)} old backup(s)")
+    except Exception as exc:
+        joblog.add("warn", f"retention failed (the backup itself is fine): {exc}")
+        log.warning("retention failed: %s", exc)

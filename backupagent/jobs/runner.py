@@ -1,0 +1,97 @@
+"""What the daemon runs when a schedule fires: resolve the schedule into a
+BackupSpec (host credentials, target, recipients) and run the backup job.
+
+Resolution problems (missing credentials, a target that cannot be opened) are
+reported as a failed job too, so the control plane hears about every run.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from typing import Any
+
+from backupagent.api.models import JobStartRequest, JobStatusUpdate
+from backupagent.errors import AgentError
+from backupagent.jobs.result import CancelToken, JobResult, JobRunner
+from backupagent.logs import redact
+from backupagent.report.base import Reporter
+from backupagent.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def make_reporter(settings: Settings, api: Any) -> Reporter:
+    if api is not None:
+        from backupagent.report.api import ApiReporter
+
+        return ApiReporter(api)
+    from backupagent.report.local import LocalReporter
+
+    return LocalReporter(settings.state_dir)
+
+
+def build_runner(settings: Settings, *, api: Any = None, standalone: bool = False) -> JobRunner:
+    reporter = make_reporter(settings, None if standalone else api)
+
+    def run(schedule: Any, config: Any, cancel: CancelToken) -> JobResult:
+        return run_schedule(settings, reporter, schedule, config, cancel)
+
+    return run
+
+
+def run_schedule(
+    settings: Settings, reporter: Reporter, schedule: Any, config: Any, cancel: CancelToken
+) -> JobResult:
+    from backupagent.jobs.backup import BackupSpec, run_backup
+
+    started = time.monotonic()
+    try:
+        spec = BackupSpec(**resolve_schedule(settings, schedule, config))
+    except AgentError as exc:
+        return report_unstartable(reporter, schedule, exc, started)
+    return run_backup(spec, reporter, cancel)
+
+
+def resolve_schedule(settings: Settings, schedule: Any, config: Any) -> dict:
+    from backupagent.engines.credentials import resolve_connection
+    from backupagent.targets.registry import target_from_config
+
+    target_cfg = config.target(schedule.target_id)
+    spool = settings.state_dir / "spool"
+    spool.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return {
+        "conn": resolve_connection(schedule.database, settings.credentials_file),
+        "target": target_from_config(target_cfg),
+        "database_id": schedule.database_id,
+        "target_id": schedule.target_id,
+        "hostname": settings.hostname or socket.gethostname(),
+        "recipients": tuple(target_cfg.encryption.recipients),
+        "compression_level": schedule.compression.level,
+        "schedule_id": schedule.id,
+        "retention": schedule.retention,
+        "spool_dir": spool,
+    }
+
+
+def report_unstartable(
+    reporter: Reporter, schedule: Any, exc: AgentError, started: float
+) -> JobResult:
+    job_id = reporter.start_job(
+        JobStartRequest(
+            databaseId=schedule.database_id, targetId=schedule.target_id, scheduleId=schedule.id
+        )
+    )
+    message = redact(str(exc))
+    reporter.job_status(
+        job_id,
+        JobStatusUpdate(
+            status="failed",
+            errorCode=exc.code,
+            errorMessage=message,
+            durationMs=int((time.monotonic() - started) * 1000),
+        ),
+    )
+    log.error("schedule %s could not start: %s", schedule.id, message, extra={"jobId": job_id})
+    return JobResult(status="failed", job_id=job_id, error_code=exc.code, error_message=message)
