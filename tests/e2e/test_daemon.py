@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import statistics
+from pathlib import Path
 
 from backupagent import __version__
 from backupagent.config.hashing import config_hash
@@ -67,7 +68,7 @@ def test_heartbeats_at_the_interval_with_the_bearer_key(
     assert set(body) == {"status", "agentVersion", "configHash", "discoveredDatabases"}
     assert body["status"] == "online" and body["agentVersion"] == __version__
     assert isinstance(body["discoveredDatabases"], list)
-    log_text = open(proc.log_path).read()  # type: ignore[attr-defined]
+    log_text = Path(proc.log_path).read_text()  # type: ignore[attr-defined]
     assert key not in log_text
 
 
