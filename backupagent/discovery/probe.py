@@ -28,7 +28,9 @@ PG_LIST_SQL = (
     "(SELECT 'D', datname FROM pg_database WHERE datallowconn AND NOT datistemplate "
     "ORDER BY datname)"
 )
-MYSQL_LIST_SQL = "SELECT 'V', VERSION(); SHOW DATABASES"
+# @@port lets a login through the client's default socket prove it reached
+# the server being described, not another one on the same host.
+MYSQL_LIST_SQL = "SELECT 'V', VERSION(); SELECT 'P', @@port; SHOW DATABASES"
 
 
 @dataclass
@@ -186,16 +188,18 @@ def parse_pg_listing(out: str) -> Tuple[str, List[str]]:
     return version, names
 
 
-def parse_mysql_listing(out: str) -> Tuple[str, List[str]]:
-    """``V<TAB>version`` then one database per line (batch mode escapes
-    newlines inside names); system schemas dropped."""
-    version, names = "", []
+def parse_mysql_listing(out: str) -> Tuple[str, Optional[int], List[str]]:
+    """``V<TAB>version``, ``P<TAB>port``, then one database per line (batch
+    mode escapes tabs and newlines inside names); system schemas dropped."""
+    version, port, names = "", None, []
     for line in out.splitlines():
         if line.startswith("V\t"):
             version = line[2:]
+        elif line.startswith("P\t"):
+            port = parse.parse_port(line[2:])
         elif line and line not in parse.MYSQL_SYSTEM_DATABASES:
             names.append(line)
-    return version, names
+    return version, port, names
 
 
 def list_postgres(
@@ -230,6 +234,12 @@ def _mysql_option_file(directory: str, options: Mapping[str, str]) -> str:
     return path
 
 
+def _where(endpoint: Mapping[str, str]) -> str:
+    if "socket" in endpoint:
+        return endpoint["socket"]
+    return "TCP" if endpoint else "the default socket"
+
+
 def list_mysql(
     server: ServerProcess, port: int, login: Optional[Login], budget: Budget
 ) -> Optional[Listing]:
@@ -241,6 +251,8 @@ def list_mysql(
     endpoints: List[Dict[str, str]] = []
     if server.mysql_socket and os.path.exists(server.mysql_socket):
         endpoints.append({"socket": server.mysql_socket, "protocol": "SOCKET"})
+    elif not server.mysql_socket:
+        endpoints.append({})  # the client's default socket (from /etc/mysql)
     endpoints.append({"host": "127.0.0.1", "port": str(port), "protocol": "TCP"})
     common = ["--batch", "--skip-column-names", "--connect-timeout=3", "-e", MYSQL_LIST_SQL]
     with tempfile.TemporaryDirectory(prefix="backupagent-discover-") as tmp:
@@ -257,7 +269,7 @@ def list_mysql(
                 # the given login overrides them.
                 attempts.append(
                     (
-                        f"given credentials via {ep.get('socket') or 'TCP'}",
+                        f"given credentials via {_where(ep)}",
                         [client, f"--defaults-extra-file={cnf}", *common],
                     )
                 )
@@ -266,7 +278,7 @@ def list_mysql(
             cnf = _mysql_option_file(tmp, ep)
             attempts.append(
                 (
-                    f"local option files via {ep.get('socket') or 'TCP'}",
+                    f"local option files via {_where(ep)}",
                     [client, f"--defaults-extra-file={cnf}", *common],
                 )
             )
@@ -275,7 +287,10 @@ def list_mysql(
             if out is None:
                 log.debug("MySQL port %d: %s did not work", port, what)
                 continue
-            version, names = parse_mysql_listing(out)
+            version, seen_port, names = parse_mysql_listing(out)
+            if seen_port != port:
+                log.debug("MySQL port %d: %s reached the server on port %s", port, what, seen_port)
+                continue
             log.debug("MySQL port %d: listed %d databases (%s)", port, len(names), what)
             return Listing(version=version, databases=names)
     return None

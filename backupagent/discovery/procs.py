@@ -176,8 +176,9 @@ def _fill_listen(
     source = "command line"
     if server.kind == parse.POSTGRES:
         conf = _pg_config(server)
-        if not guessed and parse.parse_port(conf.get("port", "")):
-            guessed, source = [int(conf["port"].strip("'\""))], "config file"
+        conf_port = parse.parse_port(conf.get("port", ""))
+        if not guessed and conf_port:
+            guessed, source = [conf_port], "config file"
         if not guessed:
             guessed, source = _socket_file_ports(server.socket_dirs), "socket file"
     if server.kind == parse.MONGODB and not guessed:
@@ -188,6 +189,21 @@ def _fill_listen(
         # Unattributed listeners (other users' sockets) still give the address.
         server.listen[port] = [ip for pid, ip in table.get(port, []) if pid is None] or [""]
     server.port_source = source
+
+
+def _netns(pid: object) -> Optional[str]:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/net")
+    except OSError:  # not Linux, or another user's process while unprivileged
+        return None
+
+
+def in_our_network(pid: int, ours: Optional[str]) -> bool:
+    """False for a server in another network namespace (a container, e.g.
+    the agent's own restore-verification containers): its port is not
+    reachable as localhost:port here. Unknown counts as ours."""
+    theirs = _netns(pid)
+    return ours is None or theirs is None or theirs == ours
 
 
 def find_servers(limit: int = 32) -> List[ServerProcess]:
@@ -218,6 +234,11 @@ def find_servers(limit: int = 32) -> List[ServerProcess]:
     # PostgreSQL's workers share the postmaster's name: keep only the parent.
     kinds_by_pid = {s.pid: s.kind for _, s in found}
     parents = [(p, s) for p, s in found if kinds_by_pid.get(ppids.get(s.pid) or -1) != s.kind]
+    ours = _netns("self")
+    elsewhere = [s.pid for _, s in parents if not in_our_network(s.pid, ours)]
+    if elsewhere:
+        log.debug("skipping servers in other network namespaces: pids %s", elsewhere)
+        parents = [(p, s) for p, s in parents if s.pid not in elsewhere]
     if len(parents) > limit:
         log.warning("found %d database servers; reporting the first %d", len(parents), limit)
         parents = parents[:limit]

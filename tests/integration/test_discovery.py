@@ -152,3 +152,88 @@ def test_tiny_budget_still_reports_servers(postgres_server):
     found = _on_port(discover_databases(S()), postgres_server.port)
     # No time for psql or --version: the server is still reported by its port.
     assert [(d.dbType, d.databaseName) for d in found] == [("postgresql", "")]
+
+
+def test_servers_in_other_network_namespaces_are_skipped(request, redis_server, tmp_path):
+    """A server inside a container (another network namespace) is not at
+    localhost:port here, so it must not be reported."""
+    import shutil
+    import subprocess
+
+    from tests.servers import free_port, require, wait_for
+
+    unshare = shutil.which("unshare")
+    require(unshare is not None and os.geteuid() == 0, "root and `unshare` (util-linux)")
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            unshare,
+            "--net",
+            "--",
+            "redis-server",
+            "--port",
+            str(port),
+            "--save",
+            "",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+    def stop():
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+
+    request.addfinalizer(stop)
+
+    wait_for(lambda: _redis_in_other_ns(port), 10, "redis in a separate network namespace")
+    found = discover_databases()
+    assert not _on_port(found, port)
+    assert _on_port(found, redis_server.port)  # the host's own server still is
+
+
+def _redis_in_other_ns(port):
+    """The namespaced redis is up: its title names the port."""
+    import psutil
+
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        if proc.info["name"] == "redis-server" and f":{port}" in " ".join(
+            proc.info["cmdline"] or []
+        ):
+            return True
+    return False
+
+
+def test_unprivileged_fallbacks_still_find_ports(
+    monkeypatch, postgres_server, mariadb_server, redis_server
+):
+    """As a non-root agent, other users' sockets are not attributable to pids:
+    the ports must then come from command lines (manually checked as
+    `nobody` too; see docs/discovery.md)."""
+    import psutil
+
+    from backupagent.discovery import procs
+
+    def denied(proc):
+        raise psutil.AccessDenied(proc.pid)
+
+    real_table = procs.system_listeners
+
+    def anonymous_table():
+        return {port: [(None, ip) for _, ip in entries] for port, entries in real_table().items()}
+
+    monkeypatch.setattr(procs, "_connections", denied)
+    monkeypatch.setattr(procs, "system_listeners", anonymous_table)
+    by_pid = {s.pid: s for s in procs.find_servers()}
+    for srv in (postgres_server, mariadb_server, redis_server):
+        server = by_pid[srv.pid]
+        assert list(server.listen) == [srv.port], server
+        assert server.listen[srv.port] == ["127.0.0.1"]
+        assert server.port_source == "command line"

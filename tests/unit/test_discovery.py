@@ -181,8 +181,11 @@ def test_parse_pg_listing_handles_odd_names():
 
 
 def test_parse_mysql_listing_drops_system_schemas():
-    out = "V\t10.11.19-MariaDB\ninformation_schema\napp\nmysql\nperformance_schema\nsys\nshop\n"
-    assert parse_mysql_listing(out) == ("10.11.19-MariaDB", ["app", "shop"])
+    out = (
+        "V\t10.11.19-MariaDB\nP\t3307\ninformation_schema\napp\nmysql\n"
+        "performance_schema\nsys\nshop\nwith\\ttab\n"
+    )
+    assert parse_mysql_listing(out) == ("10.11.19-MariaDB", 3307, ["app", "shop", "with\\ttab"])
 
 
 def test_login_for_prefers_port_specific_and_accepts_mappings():
@@ -253,3 +256,62 @@ def test_discover_can_be_disabled_in_settings():
         extra = {"discovery": {"enabled": False}}
 
     assert discover_databases(S()) == []
+
+
+class _DeniedProc:
+    pid = 4242
+
+    def net_connections(self, kind):
+        import psutil
+
+        raise psutil.AccessDenied(self.pid)
+
+
+def _pg(cmdline, socket_dirs=()):
+    from backupagent.discovery.procs import ServerProcess
+
+    return ServerProcess(
+        kind=p.POSTGRES,
+        pid=4242,
+        name="postgres",
+        exe="",
+        cmdline=cmdline,
+        username="postgres",
+        socket_dirs=list(socket_dirs),
+    )
+
+
+def test_pg_port_from_config_file_when_sockets_hidden(tmp_path):
+    from backupagent.discovery.procs import _fill_listen
+
+    (tmp_path / "postgresql.conf").write_text("port = 5499\n")
+    (tmp_path / "postgresql.auto.conf").write_text("port = '5498'\n")
+    server = _pg(["postgres", "-D", str(tmp_path)])
+    _fill_listen(server, _DeniedProc(), {5498: [(None, "0.0.0.0")]})  # noqa: S104
+    assert server.listen == {5498: ["0.0.0.0"]}  # noqa: S104 - auto.conf overrides
+    assert server.port_source == "config file"
+
+
+def test_pg_port_from_socket_file_then_default(tmp_path):
+    from backupagent.discovery.procs import _fill_listen
+
+    (tmp_path / ".s.PGSQL.5477").touch()
+    (tmp_path / ".s.PGSQL.5477.lock").touch()
+    server = _pg(["postgres"], socket_dirs=[str(tmp_path)])
+    _fill_listen(server, _DeniedProc(), {})
+    assert list(server.listen) == [5477] and server.port_source == "socket file"
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    server = _pg(["postgres"], socket_dirs=[str(empty)])
+    _fill_listen(server, _DeniedProc(), {})
+    assert list(server.listen) == [5432] and server.port_source == "default port"
+
+
+def test_pid_attributed_table_entries_win(tmp_path):
+    from backupagent.discovery.procs import _fill_listen
+
+    server = _pg(["postgres", "-p", "5000"])
+    _fill_listen(server, _DeniedProc(), {5001: [(4242, "10.0.0.9")], 5000: [(None, "::")]})
+    assert server.listen == {5001: ["10.0.0.9"]}
+    assert server.port_source == "system socket table"
