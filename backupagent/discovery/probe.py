@@ -15,6 +15,7 @@ import pwd
 import shutil
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Tuple
 
@@ -54,8 +55,6 @@ class Budget:
     """Wall-clock allowance shared by every probe of one discovery run."""
 
     def __init__(self, total: float, per_call: float) -> None:
-        import time
-
         self._now = time.monotonic
         self._deadline = self._now() + total
         self.per_call = per_call
