@@ -70,8 +70,19 @@ def _describe(err: Dict[str, Any]) -> str:
     return f"{path or 'body'}: {msg}"
 
 
-def _errors(*codes: int) -> Dict[Any, Dict[str, Any]]:
-    return {c: {"model": s.ErrorResponse, "description": ERROR_CODES[c]} for c in codes}
+ERROR_DOCS = {
+    400: "bad_request: a field is missing, of the wrong type, unknown or out of its value set",
+    401: "unauthorized: missing, malformed or unknown API key",
+    404: "not_found: no such job for this agent",
+    409: "conflict: the job is already terminal (or the update goes backwards)",
+    413: "payload_too_large: body over 1 MiB",
+    415: "unsupported_media_type: Content-Type is not application/json",
+}
+
+
+def _errors(*codes: int, **overrides: str) -> Dict[Any, Dict[str, Any]]:
+    docs = {**ERROR_DOCS, **{int(k[1:]): v for k, v in overrides.items()}}
+    return {c: {"model": s.ErrorResponse, "description": docs[c]} for c in codes}
 
 
 _bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer bak_...`")
@@ -148,7 +159,9 @@ def create_app(store: Store) -> FastAPI:
     @app.post(
         f"{API}/register",
         response_model=s.RegisterResponse,
-        responses=_errors(400, 401, 413, 415),
+        responses=_errors(
+            400, 401, 413, 415, e401="invalid_token: the token is unknown, used or expired"
+        ),
         tags=["agent"],
     )
     def register(body: s.RegisterRequest) -> Dict[str, str]:

@@ -474,12 +474,13 @@ class Store:
         self, agent_id: str, *, database_id: str, target_id: str, schedule_id: Optional[str]
     ) -> str:
         job_id = str(uuid.uuid4())
+        initial = JOB_INITIAL_STATUS
         _, now = self._now()
         with self._tx() as db:
             db.execute(
                 "INSERT INTO jobs (id, agent_id, database_id, target_id, schedule_id, status,"
                 " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (job_id, agent_id, database_id, target_id, schedule_id, "started", now, now),
+                (job_id, agent_id, database_id, target_id, schedule_id, initial, now, now),
             )
         return job_id
 
