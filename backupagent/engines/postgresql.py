@@ -1,0 +1,393 @@
+"""PostgreSQL: ``pg_dump`` custom format, counts from the dump's own snapshot.
+
+The row counts recorded in the manifest are what verification later compares
+to *exactly*, so they must describe the very data in the dump. A psql session
+opens a REPEATABLE READ transaction, exports its snapshot, counts every user
+table in it, and keeps it open while ``pg_dump --snapshot`` reads the same
+snapshot. Closing the plan ends that transaction.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import shutil
+from functools import cache
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+from backupagent.engines.base import (
+    AUTH_FAIL,
+    DB_NOT_FOUND,
+    DB_UNREACHABLE,
+    DUMP_FAIL,
+    PERMISSION_DENIED,
+    RESTORE_FAIL,
+    TOOL_MISSING,
+    ConnectionSpec,
+    DumpPlan,
+    EngineError,
+    sort_snapshot,
+    stderr_tail,
+)
+from backupagent.engines.pg_session import PsqlSession
+from backupagent.engines.process import run_tool
+
+# Schemas pg_dump never dumps user data from.
+_USER_SCHEMA = (
+    "n.nspname NOT IN ('pg_catalog', 'information_schema') "
+    "AND n.nspname !~ '^pg_toast' AND n.nspname !~ '^pg_temp_'"
+)
+
+# Every ordinary table (partitions included, partitioned parents excluded so
+# no row is counted twice), counted with a dynamically built, %I-quoted
+# statement. One statement, so one round trip even for thousands of tables.
+COUNT_SQL = """
+SELECT coalesce(json_object_agg(t.k, t.n ORDER BY t.k), '{}')
+FROM (
+  SELECT n.nspname || '.' || c.relname AS k,
+         (xpath('/row/c/text()',
+                query_to_xml(format('SELECT count(*) AS c FROM %I.%I', n.nspname, c.relname),
+                             false, true, '')))[1]::text::bigint AS n
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+  WHERE c.relkind = 'r' AND __USER_SCHEMA__
+) t
+""".replace("__USER_SCHEMA__", _USER_SCHEMA)
+
+SCHEMA_SQL = """
+SELECT coalesce(json_agg(t ORDER BY t.schema, t.name), '[]')
+FROM (
+  SELECT n.nspname AS schema, c.relname AS name,
+    (SELECT coalesce(json_agg(json_build_object(
+              'name', a.attname,
+              'type', format_type(a.atttypid, a.atttypmod),
+              'nullable', NOT a.attnotnull,
+              'default', pg_get_expr(d.adbin, d.adrelid)) ORDER BY a.attnum), '[]')
+       FROM pg_attribute a
+       LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+      WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped) AS columns,
+    (SELECT coalesce(json_agg(a.attname ORDER BY k.ord), '[]')
+       FROM pg_constraint con
+       CROSS JOIN LATERAL unnest(con.conkey) WITH ORDINALITY AS k(attnum, ord)
+       JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.attnum
+      WHERE con.conrelid = c.oid AND con.contype = 'p') AS "primaryKey",
+    (SELECT coalesce(json_agg(json_build_object(
+              'name', ic.relname,
+              'columns', (SELECT json_agg(CASE WHEN i.indkey[k - 1] = 0
+                                               THEN pg_get_indexdef(i.indexrelid, k, true)
+                                               ELSE (SELECT attname FROM pg_attribute
+                                                      WHERE attrelid = i.indrelid
+                                                        AND attnum = i.indkey[k - 1]) END
+                                          ORDER BY k)
+                            FROM generate_series(1, i.indnkeyatts) AS k),
+              'unique', i.indisunique) ORDER BY ic.relname), '[]')
+       FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+      WHERE i.indrelid = c.oid) AS indexes
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+  WHERE c.relkind IN ('r', 'p') AND __USER_SCHEMA__
+) t
+""".replace("__USER_SCHEMA__", _USER_SCHEMA)
+
+EMPTY_SQL = """
+SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') AND __USER_SCHEMA__
+  AND NOT EXISTS (SELECT 1 FROM pg_depend d
+                   WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+                     AND d.deptype = 'e')
+""".replace("__USER_SCHEMA__", _USER_SCHEMA)
+
+_VERSION_RE = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
+
+
+def conninfo(conn: ConnectionSpec, **extra: str) -> str:
+    """A libpq keyword/value string without the password (that goes in env).
+
+    Passed as ``--dbname=...`` so a database name containing ``=`` or a URL
+    prefix cannot be re-interpreted as a connection string.
+    """
+    params: Dict[str, str] = {}
+    host = conn.socket or conn.host
+    port = conn.port
+    if conn.socket and os.path.basename(conn.socket).startswith(".s.PGSQL."):
+        host = os.path.dirname(conn.socket)
+        port = os.path.basename(conn.socket)[len(".s.PGSQL.") :]
+    if host:
+        params["host"] = host
+    if port:
+        params["port"] = port
+    if conn.user:
+        params["user"] = conn.user
+    params["dbname"] = conn.database_name
+    params.setdefault("connect_timeout", "10")
+    params["application_name"] = "backupagent"
+    for key, value in conn.options.items():
+        if key in {"password", "passfile"}:
+            continue
+        params[key] = value
+    params.update(extra)
+
+    def quote(value: str) -> str:
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+    return " ".join(f"{k}={quote(v)}" for k, v in params.items())
+
+
+def libpq_env(conn: ConnectionSpec) -> Dict[str, str]:
+    """The agent's environment plus PGPASSWORD when the spec has a password.
+
+    Without one, libpq's own sources apply: ``PGPASSWORD``/``PGPASSFILE`` of
+    the agent's environment or ``~/.pgpass``.
+    """
+    env = dict(os.environ)
+    if conn.password:
+        env["PGPASSWORD"] = conn.password
+    return env
+
+
+@cache
+def _binary_major(path: str) -> Optional[Tuple[int, str]]:
+    res = run_tool([path, "--version"], dict(os.environ), timeout=30)
+    if res.returncode != 0:
+        return None
+    line = res.stdout.decode("utf-8", "replace").strip().splitlines()[0]
+    m = _VERSION_RE.search(line)
+    if not m:
+        return None
+    return int(m.group(1)), line
+
+
+def tool_candidates(name: str) -> List[str]:
+    """Every installed copy of a PostgreSQL client tool, versioned dirs first."""
+    paths = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    paths += sorted(glob.glob(f"/usr/pgsql-*/bin/{name}"))
+    on_path = shutil.which(name)
+    if on_path:
+        paths.append(on_path)
+    seen: List[str] = []
+    for p in paths:
+        if p not in seen and os.access(p, os.X_OK):
+            seen.append(p)
+    return seen
+
+
+def newest_tool(name: str) -> str:
+    """The highest-major installed copy of ``name`` (PATH's if none parses)."""
+    best: Optional[Tuple[int, str]] = None
+    for path in tool_candidates(name):
+        info = _binary_major(path)
+        if info is not None and (best is None or info[0] > best[0]):
+            best = (info[0], path)
+    if best is not None:
+        return best[1]
+    found = shutil.which(name)
+    if not found:
+        raise EngineError(f"{name} not found; install postgresql-client", code=TOOL_MISSING)
+    return found
+
+
+def select_tool(name: str, server_major: int) -> Tuple[str, str]:
+    """The installed ``name`` whose major is the server's, else the oldest newer one.
+
+    pg_dump refuses servers newer than itself, and an unnecessarily new one
+    may emit syntax an older server's restore does not understand.
+    """
+    best: Optional[Tuple[int, int, str, str]] = None
+    found: List[str] = []
+    for index, path in enumerate(tool_candidates(name)):
+        info = _binary_major(path)
+        if info is None:
+            continue
+        major, line = info
+        found.append(f"{path} ({major})")
+        if major < server_major:
+            continue
+        key = (major, index, path, line)
+        if best is None or key[:2] < best[:2]:
+            best = key
+    if best is None:
+        have = ", ".join(found) or "none"
+        raise EngineError(
+            f"no {name} of version {server_major} or newer is installed (found: {have}); "
+            f"install postgresql-client-{server_major}",
+            code=TOOL_MISSING,
+        )
+    return best[2], best[3]
+
+
+def classify(
+    conn: ConnectionSpec, tool: str, returncode: int, stderr: Any, action: str
+) -> EngineError:
+    """Turn a libpq tool's failure into an error code and a password-free message."""
+    text = stderr_tail(stderr, conn.password)
+    low = text.lower()
+    where = conn.redacted_url()
+    if returncode < 0:
+        code = DUMP_FAIL if action == "dump" else RESTORE_FAIL
+        return EngineError(
+            f"{tool} {action} of {where} was killed by signal {-returncode}: {text}", code=code
+        )
+    if any(
+        s in low
+        for s in (
+            "password authentication failed",
+            "no password supplied",
+            "authentication failed",
+            "no pg_hba.conf entry",
+            "pg_hba.conf rejects",
+        )
+    ) or re.search(r'role "[^"]*" does not exist', low):
+        return EngineError(
+            f"{tool} could not log in to {where}: {text} (fix the user/password in "
+            "credentials.yaml, ~/.pgpass or PGPASSWORD, or pg_hba.conf)",
+            code=AUTH_FAIL,
+        )
+    if re.search(r'database "[^"]*" does not exist', low):
+        return EngineError(f"{tool}: database not found at {where}: {text}", code=DB_NOT_FOUND)
+    if any(
+        s in low
+        for s in (
+            "could not connect",
+            "connection refused",
+            "could not translate host name",
+            "timeout expired",
+            "no such file or directory",
+            "is the server running",
+            "network is unreachable",
+            "no route to host",
+        )
+    ):
+        return EngineError(f"{tool} cannot reach {where}: {text}", code=DB_UNREACHABLE)
+    if "permission denied" in low or "must be superuser" in low:
+        return EngineError(
+            f"{tool} {action} of {where}: {text} (grant the backup role pg_read_all_data)",
+            code=PERMISSION_DENIED,
+        )
+    code = DUMP_FAIL if action in ("dump", "query") else RESTORE_FAIL
+    return EngineError(f"{tool} {action} of {where} failed (exit {returncode}): {text}", code=code)
+
+
+class PostgresEngine:
+    db_type = "postgresql"
+    dump_format = "pg_custom"
+    file_extension = "dump"
+
+    def __init__(self, psql: Optional[str] = None) -> None:
+        self._psql = psql
+
+    # -- queries -----------------------------------------------------------
+
+    def psql_path(self) -> str:
+        if self._psql:
+            return self._psql
+        found = shutil.which("psql") or next(iter(tool_candidates("psql")[::-1]), None)
+        if not found:
+            raise EngineError("psql not found; install postgresql-client", code=TOOL_MISSING)
+        return found
+
+    def query(self, conn: ConnectionSpec, sql: str, timeout: float = 300) -> str:
+        """Run read-only SQL with a one-shot psql (SQL on stdin, never argv)."""
+        argv = [
+            self.psql_path(), "-X", "-q", "-A", "-t", "-w", "-v", "ON_ERROR_STOP=1",
+            f"--dbname={conninfo(conn, client_encoding='UTF8')}",
+        ]  # fmt: skip
+        res = run_tool(argv, libpq_env(conn), input_data=sql.encode("utf-8"), timeout=timeout)
+        if res.returncode != 0:
+            raise classify(conn, "psql", res.returncode, res.stderr, "query")
+        return res.stdout.decode("utf-8").strip()
+
+    def server_version(self, conn: ConnectionSpec) -> str:
+        return self.query(conn, "SHOW server_version", timeout=60)
+
+    def server_major(self, conn: ConnectionSpec) -> int:
+        return int(self.query(conn, "SHOW server_version_num", timeout=60)) // 10000
+
+    def tool_version(self) -> str:
+        """The newest pg_dump's version; a plan's ``extra`` names the one it used."""
+        info = _binary_major(newest_tool("pg_dump"))
+        if info is None:
+            raise EngineError("pg_dump --version failed", code=TOOL_MISSING)
+        return info[1]
+
+    def list_tables_with_counts(self, conn: ConnectionSpec) -> Dict[str, int]:
+        return {k: int(v) for k, v in json.loads(self.query(conn, COUNT_SQL)).items()}
+
+    def schema_snapshot(self, conn: ConnectionSpec) -> Dict[str, Any]:
+        return sort_snapshot(json.loads(self.query(conn, SCHEMA_SQL)))
+
+    def is_empty(self, conn: ConnectionSpec) -> bool:
+        return int(self.query(conn, EMPTY_SQL)) == 0
+
+    # -- dump ----------------------------------------------------------------
+
+    def prepare_dump(self, conn: ConnectionSpec, workdir: Path) -> DumpPlan:
+        env = libpq_env(conn)
+        plan = DumpPlan(env=env, row_counts_exact=True)
+
+        def on_error(rc: int, stderr: bytes) -> EngineError:
+            return classify(conn, "psql", rc, stderr, "dump")
+
+        session = PsqlSession(
+            self.psql_path(), conninfo(conn, client_encoding="UTF8"), env, on_error
+        )
+        plan.add_cleanup(session.close)
+        try:
+            version = session.query("SHOW server_version")
+            major = int(session.query("SHOW server_version_num")) // 10000
+            pg_dump, tool_line = select_tool("pg_dump", major)
+            session.query("SET idle_in_transaction_session_timeout = 0")
+            session.query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            snapshot = session.query("SELECT pg_export_snapshot()").strip()
+            counts = json.loads(session.query(COUNT_SQL))
+        except BaseException:
+            plan.close()
+            raise
+        plan.row_counts = {k: int(v) for k, v in counts.items()}
+        plan.argv = [
+            pg_dump,
+            "--format=custom",
+            "--compress=0",
+            "--no-password",
+            f"--snapshot={snapshot}",
+            f"--dbname={conninfo(conn)}",
+        ]
+        plan.extra = {
+            "serverVersion": version,
+            "toolVersion": tool_line,
+            "snapshot": snapshot,
+            "rowCountsSource": "same snapshot as the dump (exact)",
+        }
+        return plan
+
+    # -- restore -------------------------------------------------------------
+
+    def restore_argv(self, conn: ConnectionSpec) -> Tuple[List[str], Dict[str, str]]:
+        """``pg_restore`` reading a custom-format archive on stdin.
+
+        ``--no-owner`` because the restoring role rarely owns what the source
+        role owned; ``--exit-on-error`` so a broken restore fails loudly.
+        (From stdin, pg_restore cannot run parallel jobs.) The newest
+        installed pg_restore is used: it reads every older archive version,
+        and the SQL it sends comes from the archive, i.e. from a pg_dump that
+        matched the source server.
+        """
+        pg_restore = newest_tool("pg_restore")
+        argv = [
+            pg_restore,
+            "--no-owner",
+            "--exit-on-error",
+            "--no-password",
+            f"--dbname={conninfo(conn)}",
+        ]
+        return argv, libpq_env(conn)
+
+    def prepare_restore(self, conn: ConnectionSpec, workdir: Path) -> DumpPlan:
+        argv, env = self.restore_argv(conn)
+        return DumpPlan(argv=argv, env=env)
+
+    def classify_failure(
+        self, conn: ConnectionSpec, returncode: int, stderr: Any, *, action: str = "dump"
+    ) -> EngineError:
+        tool = "pg_dump" if action == "dump" else "pg_restore"
+        return classify(conn, tool, returncode, stderr, action)
