@@ -411,3 +411,27 @@ def test_each_rule_keeps_at_most_its_count_and_only_bucket_heads(backups, policy
     n_last = policy.keep_last or 0
     by_last = [k.backup.key for k in result.keep if "last" in k.reasons]
     assert by_last == [b.key for b in ordered[:n_last]]
+
+
+def test_the_worked_example_in_docs_retention_md():
+    backups = [mk(at(2024, 1, 1, 3) + dt.timedelta(days=3 * i), f"job{i}") for i in range(12)]
+    result = plan(
+        backups, RetentionPolicy(keep_last=2, keep_daily=3, keep_weekly=4, keep_monthly=3)
+    )
+    got = {k.backup.created_at.strftime("%Y-%m-%d"): k.reasons for k in result.keep}
+    assert got == {
+        "2024-02-03": ["last", "daily 2024-02-03", "weekly 2024-W05", "monthly 2024-02"],
+        "2024-01-31": ["last", "daily 2024-01-31", "monthly 2024-01"],
+        "2024-01-28": ["daily 2024-01-28", "weekly 2024-W04"],
+        "2024-01-19": ["weekly 2024-W03"],
+        "2024-01-13": ["weekly 2024-W02"],
+        "2024-01-01": ["oldest monthly 2024-01"],
+    }
+    assert [b.created_at.strftime("%m-%d") for b in result.remove] == [
+        "01-25",
+        "01-22",
+        "01-16",
+        "01-10",
+        "01-07",
+        "01-04",
+    ]
