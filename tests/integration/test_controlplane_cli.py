@@ -74,7 +74,7 @@ def test_token_create_registers_once(server: Any, tmp_path: Path) -> None:
     db = tmp_path / "cp.db"
     result = cli(db, "token", "create", "--ttl", "30m")
     assert result.exit_code == 0, result.output
-    token = result.stdout.strip()
+    token = result.stdout.splitlines()[0]  # click < 8.2 mixes stderr into stdout
     assert token.startswith("bart_") and "\n" not in token
     agent = register(server, token)
     r = post(
@@ -115,7 +115,7 @@ def test_config_set_propagates_via_heartbeat(server: Any, tmp_path: Path) -> Non
     cfg.write_text(CONFIG_YAML, encoding="utf-8")
     result = cli(db, "config", "set", "--agent", agent["agentId"], str(cfg))
     assert result.exit_code == 0, result.output
-    digest = result.stdout.split("configHash ")[1].strip()
+    digest = result.stdout.split("configHash ")[1].split()[0]
     assert post(hb_url, hb, agent["apiKey"]).json() == {"configChanged": True}
     pulled = requests.get(
         server.url + API + "/config",
