@@ -49,6 +49,8 @@ class S3Server:
     endpoint_url: str
     access_key: str
     secret_key: str
+    limited_access_key: str = ""  # an identity without Admin rights
+    limited_secret_key: str = ""
     region: str = REGION
     process: Optional[subprocess.Popen] = None
     workdir: Optional[Path] = None
@@ -88,6 +90,8 @@ def start_s3_server(root: Path, timeout: float = 60.0) -> S3Server:
     assert weed is not None
     access_key = "AK" + secrets.token_hex(8).upper()
     secret_key = secrets.token_urlsafe(30)
+    limited_key = "AK" + secrets.token_hex(8).upper()
+    limited_secret = secrets.token_urlsafe(30)
     conf = root / "s3.json"
     conf.write_text(
         json.dumps(
@@ -97,7 +101,14 @@ def start_s3_server(root: Path, timeout: float = 60.0) -> S3Server:
                         "name": "tester",
                         "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
                         "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-                    }
+                    },
+                    {
+                        # no Admin: cannot create buckets (an admin's PutObject
+                        # to a missing bucket silently creates it in SeaweedFS)
+                        "name": "limited",
+                        "credentials": [{"accessKey": limited_key, "secretKey": limited_secret}],
+                        "actions": ["Read", "Write", "List", "Tagging"],
+                    },
                 ]
             }
         )
@@ -135,12 +146,16 @@ def start_s3_server(root: Path, timeout: float = 60.0) -> S3Server:
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
         start_new_session=True,
+        # a server-side key so SSE-S3 (ServerSideEncryption=AES256) works
+        env={**os.environ, "WEED_S3_SSE_KEY": secrets.token_hex(32)},
     )
     log.close()
     server = S3Server(
         endpoint_url=f"http://127.0.0.1:{s3_port}",
         access_key=access_key,
         secret_key=secret_key,
+        limited_access_key=limited_key,
+        limited_secret_key=limited_secret,
         process=proc,
         workdir=root,
     )
