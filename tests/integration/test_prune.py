@@ -213,10 +213,15 @@ def test_prune_command_applies_the_policy_per_database(target):
     assert "Removed 4 backup(s)" in format_plan(result)
 
 
-def test_a_prefix_never_matches_a_sibling_directory(target):
+@pytest.mark.parametrize("suffix", ["", "/"])
+def test_a_prefix_never_matches_a_sibling_directory(target, suffix):
     mine = [make_backup(target, at(d), f"m{d}") for d in range(1, 4)]
     sibling = [make_backup(target, at(d), f"s{d}", db="app2") for d in range(1, 4)]
-    apply_retention(target, DB_A, RetentionPolicy(keep_last=1))
+    nested = f"{DB_A}/nested/20240101T030000Z-n.dump"
+    put(target, nested, b"x")
+    put(target, manifest_key(nested), b'{"createdAt": "2024-01-01T03:00:00Z"}')
+    apply_retention(target, DB_A + suffix, RetentionPolicy(keep_last=1))
+    assert {nested, manifest_key(nested)} <= keys(target)
     assert all(k in keys(target) for k in sibling)
     assert mine[0] not in keys(target)
 

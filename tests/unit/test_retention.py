@@ -435,3 +435,13 @@ def test_the_worked_example_in_docs_retention_md():
         "01-07",
         "01-04",
     ]
+
+
+def test_the_config_models_retention_is_accepted_as_is():
+    from backupagent.config.model import Retention
+
+    backups = [mk(at(2024, 1, d)) for d in range(1, 11)]
+    result = plan(backups, Retention(keep_last=2, keep_daily=None, keep_weekly=1, keep_monthly=0))
+    assert result.policy == RetentionPolicy(keep_last=2, keep_weekly=1, keep_monthly=0)
+    assert kept_times(result) == [at(2024, 1, 9), at(2024, 1, 10)]
+    assert plan(backups, Retention()).remove == []
