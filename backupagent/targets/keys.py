@@ -88,7 +88,9 @@ def format_timestamp(timestamp: dt.datetime) -> str:
     """UTC, second resolution; a naive datetime is refused (its zone is unknown)."""
     if timestamp.tzinfo is None or timestamp.utcoffset() is None:
         raise ValueError("backup timestamp must be timezone-aware (use datetime.now(timezone.utc))")
-    return timestamp.astimezone(dt.timezone.utc).strftime(TIMESTAMP_FORMAT)
+    t = timestamp.astimezone(dt.timezone.utc)
+    # not strftime: its %Y is not zero-padded for years < 1000 on glibc
+    return f"{t.year:04d}{t.month:02d}{t.day:02d}T{t.hour:02d}{t.minute:02d}{t.second:02d}Z"
 
 
 def database_prefix(prefix: Optional[str], hostname: str, db_type: str, database_name: str) -> str:
