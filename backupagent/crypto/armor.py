@@ -22,6 +22,7 @@ BYTES_PER_LINE = 48
 _MAX_WHITESPACE = 1024
 _WHITESPACE = b" \t\r\n\v\f"
 _LINE_LIMIT = 4096
+_FAST_BLOCK = 1024 * (COLUMNS + 2)
 
 
 def looks_armored(prefix: bytes) -> bool:
@@ -119,12 +120,49 @@ class ArmorReader:
             self._drain_trailing()
         return data
 
+    def _fast_lines(self) -> bytes:
+        """Decode a run of full 64-column lines in one go, or return b"".
+
+        The line-by-line path costs microseconds per 48 bytes (about 10 MB/s);
+        restores of armored backups need better. Anything unusual (padding,
+        odd lengths, bad characters, the END line) makes this return b"" and
+        the strict line-by-line path decides, with its precise error.
+        """
+        blob = self._src.peek(_FAST_BLOCK)
+        if len(blob) < COLUMNS + 1:
+            return b""
+        if blob[COLUMNS : COLUMNS + 1] == b"\n":
+            stride, eol = COLUMNS + 1, b"\n"
+        elif blob[COLUMNS : COLUMNS + 2] == b"\r\n":
+            stride, eol = COLUMNS + 2, b"\r\n"
+        else:
+            return b""
+        lines = len(blob) // stride
+        region = blob[: lines * stride]
+        if region.count(eol) != lines or region[stride - 1 :: stride].count(b"\n") != lines:
+            return b""
+        text = region.replace(eol, b"")
+        if len(text) != lines * COLUMNS or b"=" in text:
+            return b""
+        try:
+            data = binascii.a2b_base64(text)
+        except binascii.Error:
+            return b""
+        if base64.b64encode(data) != text:
+            return b""
+        self._src.read(len(region))
+        return data
+
     def read(self, n: int = -1) -> bytes:
         out = bytearray()
         while n < 0 or len(out) < n:
             if not self._pending:
                 if self._done:
                     break
+                if self._started:
+                    self._pending = self._fast_lines()
+                    if self._pending:
+                        continue
                 self._pending = self._next_block()
                 continue
             take = len(self._pending) if n < 0 else min(n - len(out), len(self._pending))
@@ -142,22 +180,24 @@ class ArmorWriter:
         self._closed = False
         sink.write(HEADER + b"\n")
 
+    @staticmethod
+    def _lines(data: Any) -> bytes:
+        text = base64.b64encode(data)
+        return b"".join(text[i : i + COLUMNS] + b"\n" for i in range(0, len(text), COLUMNS))
+
     def write(self, data: Any) -> None:
         self._buf += data
         full = len(self._buf) - len(self._buf) % BYTES_PER_LINE
         if full >= 16 * BYTES_PER_LINE:
-            out = bytearray()
-            for i in range(0, full, BYTES_PER_LINE):
-                out += base64.b64encode(self._buf[i : i + BYTES_PER_LINE]) + b"\n"
+            with memoryview(self._buf) as view, view[:full] as head:
+                out = self._lines(head)
             del self._buf[:full]
-            self._sink.write(bytes(out))
+            self._sink.write(out)
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        out = bytearray()
-        for i in range(0, len(self._buf), BYTES_PER_LINE):
-            out += base64.b64encode(self._buf[i : i + BYTES_PER_LINE]) + b"\n"
+        out = self._lines(self._buf)
         self._buf.clear()
-        self._sink.write(bytes(out) + FOOTER + b"\n")
+        self._sink.write(out + FOOTER + b"\n")

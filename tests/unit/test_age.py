@@ -407,3 +407,23 @@ def test_load_identities_comments_blank_lines_and_errors(
     path.write_text("AGE-SECRET-KEY-PQ-1" + "Q" * 58 + "\n")
     with pytest.raises(age.AgeUnsupportedError, match="post-quantum"):
         age.load_identities(path)
+
+
+def test_large_armor_strictness_deep_inside(ident: age.Identity) -> None:
+    data = _data(5 * K + 3)
+    ct = _encrypt(data, [ident.recipient], armor=True)
+    lines = ct.split(b"\n")
+    # Mixed LF / CRLF line ends are accepted (the spec allows either).
+    mixed = b"\n".join(x + (b"\r" if i % 3 == 0 and x else b"") for i, x in enumerate(lines))
+    assert age.Decryptor(io.BytesIO(mixed), [ident]).read() == data
+    cases = {
+        "bad character": (3000, lambda x: x[:10] + b"!" + x[11:]),
+        "short line": (4000, lambda x: x[:-4]),
+        "trailing space": (5000, lambda x: x + b" "),
+        "padding inside": (6000, lambda x: x[:-2] + b"=="),
+    }
+    for at, change in cases.values():
+        broken = list(lines)
+        broken[at] = change(broken[at])
+        with pytest.raises(age.AgeArmorError):
+            age.decrypt_stream(io.BytesIO(b"\n".join(broken)), io.BytesIO(), [ident])
