@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 import backupagent
 from backupagent.controlplane import schemas as s
 from backupagent.controlplane.errors import Conflict, NotFound, TokenRejected
+from backupagent.controlplane.faults import FaultInjector
 from backupagent.controlplane.middleware import ApiGuard
 from backupagent.controlplane.store import API_KEY_PREFIX, Store
 
@@ -88,8 +89,8 @@ def _errors(*codes: int, **overrides: str) -> Dict[Any, Dict[str, Any]]:
 _bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer bak_...`")
 
 
-def create_app(store: Store) -> FastAPI:
-    """The control plane over ``store``; the app owns no other state."""
+def create_app(store: Store, *, faults: Optional[FaultInjector] = None) -> FastAPI:
+    """The control plane over ``store``; ``faults`` (tests only) makes chosen requests fail."""
     app = FastAPI(
         title="backupagent reference control plane",
         version=backupagent.__version__,
@@ -290,7 +291,7 @@ def create_app(store: Store) -> FastAPI:
         return {"anomalyId": anomaly_id}
 
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
-    app.add_middleware(ApiGuard, store=store)
+    app.add_middleware(ApiGuard, store=store, faults=faults)
     return app
 
 

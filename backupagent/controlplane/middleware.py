@@ -7,12 +7,14 @@ including the ones it rejects itself, exactly as the client sent them.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Any, Awaitable, Callable, Dict, List, MutableMapping, Optional, Tuple
 
 from starlette.concurrency import run_in_threadpool
 
+from backupagent.controlplane.faults import FaultInjector
 from backupagent.controlplane.store import API_KEY_PREFIX, Store
 
 Scope = MutableMapping[str, Any]
@@ -30,10 +32,17 @@ API_PREFIX = "/api/v1/agent/"
 class ApiGuard:
     """Bounds bodies, requires JSON on API POSTs and records each request in the store."""
 
-    def __init__(self, app: ASGIApp, store: Store, max_body: int = MAX_BODY) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        store: Store,
+        max_body: int = MAX_BODY,
+        faults: Optional[FaultInjector] = None,
+    ) -> None:
         self.app = app
         self.store = store
         self.max_body = max_body
+        self.faults = faults
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -55,6 +64,14 @@ class ApiGuard:
             if rejection is not None:
                 await _send_error(recording_send, *rejection)
                 return
+            fault = self.faults.take(scope["method"], scope["path"]) if self.faults else None
+            if fault is not None:
+                if fault.delay:
+                    await asyncio.sleep(fault.delay)
+                if fault.status is not None:
+                    body_out = fault.body or {"error": "injected", "message": "injected fault"}
+                    await _send_json(recording_send, fault.status, body_out, fault.headers)
+                    return
             await self.app(scope, _replay(body, receive), recording_send)
         finally:
             # sqlite calls block: keep them off the event loop
@@ -178,15 +195,17 @@ def _recordable_body(path: str, body: bytes) -> Optional[str]:
 
 
 async def _send_error(send: Send, status: int, error: str, message: str) -> None:
-    payload = json.dumps({"error": error, "message": message}, separators=(",", ":")).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(payload)).encode("ascii")),
-            ],
-        }
-    )
+    await _send_json(send, status, {"error": error, "message": message}, {})
+
+
+async def _send_json(
+    send: Send, status: int, body: Dict[str, Any], headers: Dict[str, str]
+) -> None:
+    payload = json.dumps(body, separators=(",", ":")).encode()
+    raw = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(payload)).encode("ascii")),
+    ]
+    raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": payload})

@@ -8,11 +8,12 @@ or handed to a test without racing for a "free" port.
 from __future__ import annotations
 
 import socket
-from typing import Tuple
+from typing import Optional, Tuple
 
 import uvicorn
 
 from backupagent.controlplane.app import create_app
+from backupagent.controlplane.faults import FaultInjector
 from backupagent.controlplane.store import Store
 
 
@@ -31,9 +32,11 @@ def bind(host: str, port: int) -> Tuple[socket.socket, int]:
     return sock, sock.getsockname()[1]
 
 
-def make_server(store: Store, *, log_level: str = "warning") -> uvicorn.Server:
+def make_server(
+    store: Store, *, log_level: str = "warning", faults: Optional[FaultInjector] = None
+) -> uvicorn.Server:
     config = uvicorn.Config(
-        create_app(store),
+        create_app(store, faults=faults),
         log_level=log_level,
         lifespan="off",
         access_log=log_level in ("debug", "info"),

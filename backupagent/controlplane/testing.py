@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Union
 
+from backupagent.controlplane.faults import FaultInjector
 from backupagent.controlplane.server import bind, make_server, url_for
 from backupagent.controlplane.store import Store
 
@@ -23,6 +24,7 @@ class ServerHandle:
     url: str  # base URL, e.g. http://127.0.0.1:41234 (the agent's --server)
     store: Store
     port: int
+    faults: FaultInjector  # e.g. srv.faults.add("/heartbeat", 503, times=2, retry_after="1")
 
     @property
     def api_url(self) -> str:
@@ -39,7 +41,8 @@ def running_server(
     """Start the control plane over ``db_path``; always stopped (and the store closed) on exit."""
     store = Store(db_path)
     sock, port = bind(host, 0)
-    server = make_server(store)
+    faults = FaultInjector()
+    server = make_server(store, faults=faults)
     thread = threading.Thread(
         target=server.run, kwargs={"sockets": [sock]}, name=f"controlplane-{port}", daemon=True
     )
@@ -50,7 +53,7 @@ def running_server(
             if not thread.is_alive() or time.monotonic() > deadline:
                 raise RuntimeError(f"control plane did not start on {host}:{port}")
             time.sleep(0.02)
-        yield ServerHandle(url=url_for(host, port), store=store, port=port)
+        yield ServerHandle(url=url_for(host, port), store=store, port=port, faults=faults)
     finally:
         server.should_exit = True
         thread.join(timeout=15)

@@ -805,3 +805,34 @@ def test_concurrent_agents(server: Any) -> None:
     for a in agents:
         assert len(server.store.list_jobs(a.agent_id)) == 10
         assert len(server.store.list_heartbeats(a.agent_id)) == 10
+
+
+# -- fault injection (for the agent's retry tests) ---------------------------------
+
+
+def test_injected_faults_fail_the_next_requests_then_clear(server: Any, agent: Api) -> None:
+    hb = {"status": "online", "agentVersion": "1", "configHash": ""}
+    server.faults.add("/heartbeat", 503, times=2, retry_after="2")
+    for _ in range(2):
+        r = agent.post("/heartbeat", hb)
+        assert r.status_code == 503 and r.headers["Retry-After"] == "2"
+        assert r.json()["error"] == "injected"
+    assert agent.post("/heartbeat", hb).status_code == 200
+    assert [q["statusCode"] for q in server.store.list_requests(path=API + "/heartbeat")] == [
+        503,
+        503,
+        200,
+    ]
+    assert len(server.store.list_heartbeats(agent.agent_id)) == 1  # failed ones never reached it
+
+    server.faults.add("/config", None, delay=0.6, method="GET")
+    started = time.monotonic()
+    assert agent.get("/config").status_code == 200
+    assert time.monotonic() - started >= 0.6
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        server.faults.add("/config", None, delay=2.0)
+        agent.session.get(server.url + API + "/config", headers=agent.headers(), timeout=0.5)
+    server.faults.add("/anomaly", 429, times=5)
+    server.faults.clear()
+    body = {"type": "schema_drift", "severity": "info", "title": "t", "description": "d"}
+    assert agent.post("/anomaly", body).status_code == 200
