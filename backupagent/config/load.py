@@ -127,7 +127,7 @@ def _yaml_problem(exc: yaml.MarkedYAMLError) -> str:
     where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "file"
     what = exc.problem or exc.context or "invalid YAML"
     hint = ""
-    if "alias" in what:
+    if "alias" in f"{exc.context} {what}":
         hint = '; a value starting with "*" must be quoted, e.g. cron: "*/15 * * * *"'
     return f"{where}: {what}{hint}"
 
