@@ -230,6 +230,7 @@ class ScryptIdentity:
 
 
 def generate_identity() -> Identity:
+    """A fresh X25519 identity from the OS CSPRNG (what ``age-keygen`` makes)."""
     return Identity(_raw_private(X25519PrivateKey.generate()))
 
 
