@@ -94,6 +94,11 @@ def load_config_file(path: PathLike) -> Tuple[dict, AgentConfig]:
         raise ConfigInvalid([f"file: is not valid YAML ({exc})"], source=source) from None
     except RecursionError:
         raise ConfigInvalid(["file: YAML is nested too deeply"], source=source) from None
+    except (ValueError, TypeError, OverflowError) as exc:  # e.g. a 5000-digit integer
+        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise ConfigInvalid(
+            [f"file: holds a value YAML cannot convert ({reason})"], source=source
+        ) from None
     if doc is None:
         raise ConfigInvalid(
             [f"file: is empty; expected a mapping with keys {', '.join(SECTIONS)}"], source=source
@@ -153,7 +158,7 @@ def json_problems(doc: Any) -> List[str]:
         elif isinstance(value, Mapping):
             for key, item in value.items():
                 if not isinstance(key, str):
-                    problems.append(f"{where}: has a key that is not a string ({key!r:.40})")
+                    problems.append(f"{where}: has a key that is not a string ({_short(key)})")
                     continue
                 stack.append((item, f"{path}.{key}" if path else key, depth + 1))
         elif isinstance(value, list):
@@ -167,6 +172,12 @@ def json_problems(doc: Any) -> List[str]:
         if len(problems) >= 50:
             break
     return sorted(problems)
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**40:
+        return "a very large number"
+    return f"{value!r:.40}"
 
 
 class LastGoodConfigCache:

@@ -116,6 +116,15 @@ def test_yaml_only_values_refused_with_path(tmp_path: Path) -> None:
     ]
 
 
+def test_huge_numbers_do_not_crash_the_loader(tmp_path: Path) -> None:
+    digits = "9" * 5000
+    (problem,) = load_problems(write(tmp_path, f"schedules: [{digits}]\n"))
+    assert problem.startswith("file: holds a value YAML cannot convert")
+    text = GOOD_YAML + "alertChannels:\n  - {id: a, type: slack, " + "1" * 45 + ": x}\n"
+    found = load_problems(write(tmp_path, text))
+    assert found[0] == "alertChannels[0]: has a key that is not a string (a very large number)"
+
+
 def test_alias_bomb_is_bounded(tmp_path: Path) -> None:
     lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
     for i in range(1, 9):
