@@ -260,8 +260,10 @@ def _apply_retention(spec: BackupSpec, key: str, joblog: JobLog) -> None:
 
         db_prefix = key.rsplit("/", 1)[0] + "/"
         plan = apply_retention(spec.target, db_prefix, policy)
-        if plan.remove:
-            joblog.add("info", f"retention removed {len(plan.remove)} old backup(s)")
+        if plan.deleted:
+            joblog.add("info", f"retention removed {len(plan.deleted)} old backup(s)")
+        for error in plan.errors:
+            joblog.add("warn", f"retention: {error}")
     except Exception as exc:
         joblog.add("warn", f"retention failed (the backup itself is fine): {exc}")
         log.warning("retention failed: %s", exc)
