@@ -343,3 +343,17 @@ def test_credentials_file_supplies_the_password(pg_database, tmp_path: Path) -> 
     )  # fmt: skip
     assert spec.password == server.password
     assert get_engine("postgresql").list_tables_with_counts(spec)["public.customers"] == 10
+
+
+def test_restore_into_a_non_empty_database_fails_as_restore_fail(
+    pg_database, fresh_db, tmp_path: Path
+) -> None:
+    engine = get_engine("postgresql")
+    src, dst = spec_for(pg_database), spec_for(fresh_db)
+    dump_to(engine, src, tmp_path, tmp_path / "db.dump")
+    restore_from_file(engine, dst, tmp_path / "db.dump", tmp_path)
+    with pytest.raises(EngineError) as info:
+        restore_from_file(engine, dst, tmp_path / "db.dump", tmp_path)
+    assert info.value.code == "RESTORE_FAIL"
+    assert "already exists" in str(info.value)
+    assert dst.password not in str(info.value)
