@@ -11,12 +11,7 @@ import datetime as dt
 import logging
 from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
-from apscheduler.triggers.cron import CronTrigger
-
-try:  # Python 3.9+
-    from zoneinfo import ZoneInfo
-except ImportError:  # pragma: no cover
-    from backports.zoneinfo import ZoneInfo  # type: ignore[no-redef]
+from backupagent.config.cron import cron_trigger
 
 log = logging.getLogger(__name__)
 JOB_PREFIX = "schedule:"
@@ -24,8 +19,9 @@ JOB_PREFIX = "schedule:"
 MISFIRE_GRACE_SECONDS = 3600
 
 
-def trigger_for(cron: str, timezone: str) -> CronTrigger:
-    return CronTrigger.from_crontab(cron, timezone=ZoneInfo(timezone or "UTC"))
+def trigger_for(cron: str, timezone: str) -> Any:
+    """A trigger firing when cron would (weekday 0 = Sunday, day fields OR-ed)."""
+    return cron_trigger(cron, timezone or "UTC")
 
 
 def next_fire(cron: str, timezone: str, now: Optional[dt.datetime] = None) -> Optional[dt.datetime]:
