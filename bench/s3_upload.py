@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import shutil
 import sys
 import tempfile
 import threading
@@ -99,6 +100,7 @@ def main() -> None:
         )
     finally:
         stop_s3_server(server)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":
