@@ -28,6 +28,7 @@ from backupagent.daemon import schedules
 from backupagent.daemon.heartbeat import Heartbeater
 from backupagent.daemon.state import AgentState
 from backupagent.errors import AgentError, ConfigInvalid
+from backupagent.exitcodes import ExitCode
 from backupagent.jobs.result import CancelToken, JobResult, JobRunner
 from backupagent.logs import utc_timestamp
 from backupagent.settings import Settings
@@ -256,6 +257,9 @@ class Daemon:
 
     def run_forever(self) -> int:
         self.start()
+        if not self._first_sync():
+            self.scheduler.shutdown(wait=False)
+            return int(ExitCode.CONFIG)
         self.scheduler.resume()
         log.info(
             "agent running (%s), heartbeat every %.0fs",
@@ -263,9 +267,8 @@ class Daemon:
             self.interval,
         )
         try:
-            while not self._stop.is_set():
+            while not self._stop.wait(self._jittered_interval()):
                 self.tick()
-                self._stop.wait(self._jittered_interval())
         finally:
             self._shutdown()
         return 0
@@ -273,9 +276,9 @@ class Daemon:
     def run_once(self) -> int:
         """One heartbeat and config sync, then every due schedule, then exit."""
         self.start()
-        self.tick()
-        if self.heartbeater is not None and self._need_sync:
-            log.warning("could not pull the config; using the last good one")
+        if not self._first_sync():
+            self.scheduler.shutdown(wait=False)
+            return int(ExitCode.CONFIG)
         config = self.config
         if config is None:
             log.warning("no config: nothing to run")
@@ -294,7 +297,18 @@ class Daemon:
             results.append(self.run_schedule(schedule))
         self.scheduler.shutdown(wait=False)
         failed = sum(1 for r in results if r is not None and not r.ok)
-        return 1 if failed else 0
+        return int(ExitCode.FAILURE) if failed else 0
+
+    def _first_sync(self) -> bool:
+        """First heartbeat/config read. False only for a standalone file that is
+        unusable: a local config error is the operator's to fix now, whereas a
+        control plane that is down is waited out with the cached config."""
+        if self.config_file is not None:
+            return self._reload_file(force=True)
+        self.tick()
+        if self._need_sync:
+            log.warning("could not pull the config; using the last good one")
+        return True
 
     def _shutdown(self) -> None:
         if self.scheduler.running:
