@@ -1,0 +1,113 @@
+"""Stages of the backup stream with in-memory sinks."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+
+import pytest
+import zstandard
+
+from backupagent.pipeline.errors import PipelineError
+from backupagent.pipeline.stages import Tap, ZstdCompressor
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.buf = io.BytesIO()
+        self.closed = 0
+
+    def write(self, data: bytes) -> None:
+        self.buf.write(bytes(data))
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+def _data(n: int) -> bytes:
+    # semi-compressible: text with random hex
+    parts = []
+    total = i = 0
+    while total < n:
+        line = f"row {i}\t{os.urandom(6).hex()}\tsome constant text\n".encode()
+        parts.append(line)
+        total += len(line)
+        i += 1
+    return b"".join(parts)[:n]
+
+
+def test_tap_counts_hashes_and_passes_through() -> None:
+    sink = Sink()
+    tap = Tap(sink)
+    tap.write(b"hello ")
+    tap.write(b"")
+    tap.write(memoryview(b"world"))
+    tap.close()
+    assert sink.buf.getvalue() == b"hello world"
+    assert tap.bytes == 11
+    assert tap.sha256 == hashlib.sha256(b"hello world").hexdigest()
+    assert sink.closed == 1
+    tap.close()  # idempotent
+    assert sink.closed == 1
+
+
+def test_tap_close_sink_false_leaves_sink_open_and_hash_optional() -> None:
+    sink = Sink()
+    tap = Tap(sink, hash=False, close_sink=False)
+    tap.write(b"abc")
+    tap.close()
+    assert sink.closed == 0
+    assert tap.sha256 is None
+    assert tap.bytes == 3
+
+
+@pytest.mark.parametrize("threads", [0, 2])
+def test_zstd_round_trip_with_checksum(threads: int) -> None:
+    data = _data(5 * 1024 * 1024 + 123)
+    sink = Sink()
+    z = ZstdCompressor(sink, level=3, threads=threads)
+    for i in range(0, len(data), 1 << 20):
+        z.write(data[i : i + (1 << 20)])
+    z.close()
+    out = sink.buf.getvalue()
+    assert sink.closed == 1
+    assert z.bytes_in == len(data)
+    assert z.bytes_out == len(out) < len(data)
+    params = zstandard.get_frame_parameters(out)
+    assert params.has_checksum
+    plain = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(out)).read()
+    assert plain == data
+
+
+def test_zstd_empty_input_is_a_valid_empty_frame() -> None:
+    sink = Sink()
+    z = ZstdCompressor(sink, threads=0)
+    z.close()
+    out = sink.buf.getvalue()
+    assert out[:4] == b"\x28\xb5\x2f\xfd"
+    assert zstandard.ZstdDecompressor().stream_reader(io.BytesIO(out)).read() == b""
+
+
+def test_zstd_corruption_is_detected_by_the_checksum() -> None:
+    data = _data(200_000)
+    sink = Sink()
+    z = ZstdCompressor(sink, threads=0)
+    z.write(data)
+    z.close()
+    out = bytearray(sink.buf.getvalue())
+    out[-2] ^= 0xFF  # inside the 4-byte content checksum
+    with pytest.raises(zstandard.ZstdError):
+        zstandard.ZstdDecompressor().stream_reader(io.BytesIO(bytes(out))).read()
+
+
+def test_zstd_write_after_close_and_bad_level() -> None:
+    z = ZstdCompressor(Sink(), close_sink=False)
+    z.close()
+    z.close()
+    with pytest.raises(PipelineError):
+        z.write(b"x")
+    with pytest.raises(PipelineError) as info:
+        ZstdCompressor(Sink(), level=0)
+    assert info.value.code == "CONFIG_INVALID"
+    assert "level" in str(info.value)
