@@ -29,6 +29,7 @@ COMMANDS: Dict[str, Tuple[str, str, str]] = {
     ),
     "discover": ("backupagent.cli.discover", "discover", "List the databases found on this host."),
     "version": ("backupagent.cli.version", "version", "Print the agent version."),
+    "backup": ("backupagent.cli.backup", "backup", "Back up one database now."),
     "keygen": ("backupagent.cli.keygen", "keygen", "Create an age identity for encrypted backups."),
     "list": ("backupagent.cli.listing", "list_backups", "List the backups stored in a target."),
     "prune": ("backupagent.cli.prune", "prune", "Delete old backups by retention policy."),
