@@ -350,7 +350,7 @@ def analyze_backup(
     size_report: Optional[AnomalyReport] = None
     try:
         window = history.backups(
-            database_id, since=now - dt.timedelta(days=t.window_days), until=now
+            database_id, since=now - dt.timedelta(days=t.window_days), until=now, row_counts=False
         )
         size_report = size_anomaly(
             dump_size, compressed_size, window, t, database_label=database_label

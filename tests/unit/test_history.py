@@ -33,6 +33,8 @@ def test_records_round_trip_oldest_first(tmp_path: Path) -> None:
         assert h.backups("db1", since=T0 + dt.timedelta(hours=1))[0].dump_size == 20
         assert h.backups("db1", until=T0)[0].dump_size == 10
         assert h.database_ids() == ["db1", "db2"]
+        sizes_only = h.backups("db1", row_counts=False)
+        assert [(x.dump_size, x.row_counts) for x in sizes_only] == [(10, {}), (20, {})]
 
 
 def test_history_survives_reopen_and_uses_wal(tmp_path: Path) -> None:
