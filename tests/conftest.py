@@ -6,4 +6,5 @@ pytest_plugins: list = [
     "tests.servers.mariadb",
     "tests.servers.redis",
     "tests.servers.s3",
+    "tests.servers.docker",
 ]
