@@ -34,7 +34,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -45,6 +44,8 @@ from backupagent.pipeline.errors import (
     UPLOAD_FAIL,
     PipelineError,
 )
+from backupagent.pipeline.queues import Aborted as _Aborted
+from backupagent.pipeline.queues import ByteQueue as _ByteQueue
 from backupagent.pipeline.source import CHUNK_SIZE
 from backupagent.pipeline.stages import Tap, ZstdCompressor
 
@@ -88,57 +89,6 @@ class PipelineResult:
     compression_level: int
     dump_sha256: Optional[str] = None
     durations_ms: Dict[str, int] = field(default_factory=dict)
-
-
-class _Aborted(Exception):
-    """A queue was shut down because another stage failed."""
-
-
-class _ByteQueue:
-    """A FIFO of byte chunks bounded by total size; ``None`` marks the end.
-
-    One chunk larger than the budget is still accepted when the queue is
-    empty, so an oversized write can never deadlock.
-    """
-
-    def __init__(self, max_bytes: int) -> None:
-        self._max = max_bytes
-        self._items: deque = deque()
-        self._bytes = 0
-        self._cond = threading.Condition()
-        self._aborted = False
-        self.high_water = 0
-
-    def put(self, item: Optional[Any]) -> None:
-        n = len(item) if item is not None else 0
-        with self._cond:
-            while not self._aborted and self._items and self._bytes + n > self._max:
-                self._cond.wait()
-            if self._aborted:
-                raise _Aborted()
-            self._items.append(item)
-            self._bytes += n
-            self.high_water = max(self.high_water, self._bytes)
-            self._cond.notify_all()
-
-    def get(self) -> Optional[Any]:
-        with self._cond:
-            while not self._aborted and not self._items:
-                self._cond.wait()
-            if self._aborted:
-                raise _Aborted()
-            item = self._items.popleft()
-            if item is not None:
-                self._bytes -= len(item)
-            self._cond.notify_all()
-            return item
-
-    def abort(self) -> None:
-        with self._cond:
-            self._aborted = True
-            self._items.clear()
-            self._bytes = 0
-            self._cond.notify_all()
 
 
 class _QueueSink:
