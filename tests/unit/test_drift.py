@@ -5,6 +5,9 @@ from __future__ import annotations
 import copy
 from typing import Any, Dict, List, Optional
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from backupagent.analysis.drift import (
     MAX_DESCRIPTION_CHARS,
     canonical_json,
@@ -177,3 +180,59 @@ def test_description_is_bounded() -> None:
     )
     assert len(desc2) <= 300
     assert "..." in desc2
+
+
+# -- properties ------------------------------------------------------------------------
+
+
+_names = st.text(alphabet="abcxyz_", min_size=1, max_size=4)
+_columns = st.lists(
+    st.fixed_dictionaries(
+        {
+            "name": _names,
+            "type": st.sampled_from(["integer", "text", "numeric(12,2)", "x" * 200]),
+            "nullable": st.booleans(),
+            "default": st.one_of(st.none(), st.text(max_size=300)),
+        }
+    ),
+    max_size=6,
+    unique_by=lambda c: c["name"],
+)
+_tables = st.lists(
+    st.builds(
+        lambda s, n, cols, pk, ix: table(n, cols, pk, ix, schema=s),
+        st.sampled_from(["public", "sales"]),
+        _names,
+        _columns,
+        st.lists(_names, max_size=2),
+        st.lists(
+            st.fixed_dictionaries(
+                {"name": _names, "columns": st.lists(_names, max_size=3), "unique": st.booleans()}
+            ),
+            max_size=3,
+            unique_by=lambda i: i["name"],
+        ),
+    ),
+    max_size=8,
+    unique_by=lambda t: (t["schema"], t["name"]),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_tables, _tables)
+def test_diff_properties(a: List[Dict[str, Any]], b: List[Dict[str, Any]]) -> None:
+    old, new = {"tables": a}, {"tables": b}
+    assert diff_schemas(old, old).empty
+    diff = diff_schemas(old, new)
+    if schema_hash(old) == schema_hash(new):
+        assert diff.empty
+    title, desc = diff.describe(max_lines=10, max_chars=1000)
+    assert len(desc) <= 1000
+    assert len(desc.splitlines()) <= 11
+    assert diff.severity in ("info", "warning")
+    back = diff_schemas(new, old)
+    # what was added one way was removed the other
+    assert sorted(back.tables_removed) == sorted(diff.tables_added)
+    assert len(back.columns_removed) == len(diff.columns_added)
+    if not diff.empty:
+        assert title.startswith("Schema changed: ")
