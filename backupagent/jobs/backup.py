@@ -84,7 +84,9 @@ def run_backup(
     joblog.add("info", f"Starting backup of {label} ({conn.redacted_url()}) as job {job_id}")
     log.info("backup %s started as job %s", label, job_id, extra={"jobId": job_id})
     if not spec.recipients:
-        joblog.add("warn", "target has no encryption recipients: the backup is stored UNENCRYPTED")
+        warning = "target has no encryption recipients: the backup is stored UNENCRYPTED"
+        joblog.add("warn", warning)
+        log.warning("%s", warning, extra={"jobId": job_id})
     stages = _Stages(reporter, job_id, joblog)
     writer = None
     workdir = Path(
