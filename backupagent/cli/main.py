@@ -30,6 +30,8 @@ COMMANDS: Dict[str, Tuple[str, str, str]] = {
     "discover": ("backupagent.cli.discover", "discover", "List the databases found on this host."),
     "version": ("backupagent.cli.version", "version", "Print the agent version."),
     "backup": ("backupagent.cli.backup", "backup", "Back up one database now."),
+    "restore": ("backupagent.cli.restore", "restore", "Restore a backup into a database."),
+    "decrypt": ("backupagent.cli.restore", "decrypt", "Decrypt and decompress a stored backup."),
     "keygen": ("backupagent.cli.keygen", "keygen", "Create an age identity for encrypted backups."),
     "list": ("backupagent.cli.listing", "list_backups", "List the backups stored in a target."),
     "prune": ("backupagent.cli.prune", "prune", "Delete old backups by retention policy."),

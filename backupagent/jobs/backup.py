@@ -80,7 +80,7 @@ def run_backup(
     )
     joblog = JobLog(reporter, job_id)
     conn = spec.conn
-    label = f"{conn.db_type}/{conn.database_name}"
+    label = f"{conn.db_type}:{conn.database_name}"
     joblog.add("info", f"Starting backup of {label} ({conn.redacted_url()}) as job {job_id}")
     log.info("backup %s started as job %s", label, job_id, extra={"jobId": job_id})
     if not spec.recipients:
