@@ -98,6 +98,8 @@ def backup(
         progress.done()
         fail(ExitCode.INTERRUPTED, "interrupted: the partial backup was discarded")
     progress.done()
+    if spec.alerts is not None:
+        spec.alerts.close(timeout=30)
     if schedule_id is not None:
         from backupagent.daemon.state import AgentState
         from backupagent.logs import utc_timestamp
@@ -143,8 +145,17 @@ def _from_schedule(app: AppContext, schedule_id: str, config_file: Optional[Path
 
         with agent_errors(ExitCode.CONFIG):
             api = make_api_client(settings)
+    from backupagent.alerts import AlertDispatcher
+    from backupagent.analysis import History
+
     with agent_errors(ExitCode.CONFIG):
-        spec = BackupSpec(**resolve_schedule(settings, schedule, config))
+        spec = BackupSpec(
+            **resolve_schedule(settings, schedule, config),
+            history=History.in_state_dir(settings.state_dir),
+            alerts=AlertDispatcher(
+                config.alert_channels, settings.hostname or socket.gethostname()
+            ),
+        )
     return spec, make_reporter(settings, api)
 
 

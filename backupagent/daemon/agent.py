@@ -296,6 +296,7 @@ class Daemon:
                 break
             results.append(self.run_schedule(schedule))
         self.scheduler.shutdown(wait=False)
+        self._close_runner()
         failed = sum(1 for r in results if r is not None and not r.ok)
         return int(ExitCode.FAILURE) if failed else 0
 
@@ -331,4 +332,10 @@ class Daemon:
                 time.sleep(0.1)
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
+        self._close_runner()
         log.info("agent stopped")
+
+    def _close_runner(self) -> None:
+        close = getattr(self.runner, "close", None)
+        if close is not None:
+            close()

@@ -11,7 +11,6 @@ object and its manifest are both committed.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import shutil
 import tempfile
@@ -44,6 +43,8 @@ class BackupSpec:
     retention: Any = None  # config.model.Retention or None
     spool_dir: Optional[Path] = None
     extra_manifest: Dict[str, Any] = field(default_factory=dict)
+    history: Any = None  # analysis.History: size/row-count/drift baselines
+    alerts: Any = None  # alerts.AlertDispatcher
 
 
 class _Stages:
@@ -109,6 +110,7 @@ def run_backup(
             _extension(engine.file_extension, spec.recipients),
         )
         with engine.prepare_dump(conn, workdir) as plan:
+            snapshot = _schema_snapshot(engine, conn, joblog)
             if plan.row_counts:
                 joblog.add(
                     "info",
@@ -150,6 +152,7 @@ def run_backup(
                 tool_version=tool_version,
                 started_at=started_at,
                 duration_ms=duration_ms,
+                schema_snapshot=snapshot,
                 extra=spec.extra_manifest,
             )
         _write_manifest(spec.target, manifest_key(key), manifest, upload_path)
@@ -202,6 +205,16 @@ def run_backup(
             ),
         )
         log.error("backup %s failed (%s): %s", label, code, message, extra={"jobId": job_id})
+        if spec.alerts is not None:
+            spec.alerts.notify(
+                "job_failed",
+                f"Backup of {label} failed ({code})",
+                message,
+                "critical",
+                database=label,
+                job_id=job_id,
+                errorCode=code,
+            )
         joblog.flush()
         shutil.rmtree(workdir, ignore_errors=True)
         if not isinstance(exc, Exception):
@@ -209,6 +222,7 @@ def run_backup(
         return JobResult(status="failed", job_id=job_id, error_code=code, error_message=message)
     shutil.rmtree(workdir, ignore_errors=True)
     _apply_retention(spec, key, joblog)
+    _after_backup(spec, reporter, joblog, job_id, label, outcome.details, plan.row_counts, snapshot)
     joblog.flush()
     return outcome
 
@@ -218,7 +232,9 @@ def _extension(base: str, recipients: Sequence[str]) -> str:
 
 
 def _write_manifest(target: Any, key: str, manifest: Dict[str, Any], upload_path: str) -> None:
-    data = json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8") + b"\n"
+    from backupagent.pipeline.manifest import manifest_bytes
+
+    data = manifest_bytes(manifest)
     try:
         with target.open_writer(key) as w:
             w.write(data)
@@ -269,3 +285,64 @@ def _apply_retention(spec: BackupSpec, key: str, joblog: JobLog) -> None:
     except Exception as exc:
         joblog.add("warn", f"retention failed (the backup itself is fine): {exc}")
         log.warning("retention failed: %s", exc)
+
+
+def _schema_snapshot(engine: Any, conn: Any, joblog: JobLog) -> Optional[Dict[str, Any]]:
+    """The schema at dump time, for the manifest, drift detection and verification.
+
+    A failure here is reported but does not fail the backup: the dump is the
+    thing to protect, and a missing snapshot only weakens the checks.
+    """
+    try:
+        return engine.schema_snapshot(conn)
+    except AgentError as exc:
+        if exc.code != "UNSUPPORTED":
+            joblog.add("warn", f"schema snapshot failed (the backup continues): {exc}")
+        return None
+
+
+def _after_backup(
+    spec: BackupSpec,
+    reporter: Reporter,
+    joblog: JobLog,
+    job_id: str,
+    label: str,
+    details: Dict[str, Any],
+    row_counts: Dict[str, int],
+    snapshot: Optional[Dict[str, Any]],
+) -> None:
+    """Schema snapshot report and anomaly analysis; never fails a finished backup."""
+    from backupagent.api.models import SchemaSnapshotRequest
+
+    try:
+        if snapshot is not None:
+            tables = snapshot.get("tables", [])
+            reporter.schema_snapshot(
+                SchemaSnapshotRequest(
+                    databaseId=spec.database_id,
+                    snapshot=snapshot,
+                    tableCount=len(tables),
+                    columnCount=sum(len(t.get("columns", [])) for t in tables),
+                )
+            )
+        if spec.history is None:
+            return
+        from backupagent.analysis import analyze_backup
+
+        reports = analyze_backup(
+            spec.history,
+            spec.database_id,
+            details["dumpSize"],
+            details["compressedSize"],
+            row_counts,
+            snapshot,
+            database_label=label,
+        )
+        for report in reports:
+            joblog.add("warn", f"anomaly ({report.severity}): {report.title}")
+            reporter.anomaly(report)
+            if spec.alerts is not None:
+                spec.alerts.notify_anomaly(report, database=label, job_id=job_id)
+    except Exception as exc:
+        log.warning("post-backup analysis failed (the backup is fine): %s", exc)
+        joblog.add("warn", f"post-backup analysis failed: {exc}")

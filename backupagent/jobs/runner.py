@@ -32,26 +32,49 @@ def make_reporter(settings: Settings, api: Any) -> Reporter:
     return LocalReporter(settings.state_dir)
 
 
+class ScheduleRunner:
+    """The daemon's JobRunner: one reporter, history and alert dispatcher per process."""
+
+    def __init__(self, settings: Settings, reporter: Reporter) -> None:
+        from backupagent.alerts import AlertDispatcher
+        from backupagent.analysis import History
+
+        self.settings = settings
+        self.reporter = reporter
+        self.history = History.in_state_dir(settings.state_dir)
+        self.alerts = AlertDispatcher([], settings.hostname or socket.gethostname())
+
+    def __call__(self, schedule: Any, config: Any, cancel: CancelToken) -> JobResult:
+        from backupagent.jobs.backup import BackupSpec, run_backup
+
+        self.alerts.update_channels(config.alert_channels)
+        started = time.monotonic()
+        try:
+            spec = BackupSpec(
+                **resolve_schedule(self.settings, schedule, config),
+                history=self.history,
+                alerts=self.alerts,
+            )
+        except AgentError as exc:
+            result = report_unstartable(self.reporter, schedule, exc, started)
+            self.alerts.notify(
+                "job_failed",
+                f"Backup schedule {schedule.id} could not start",
+                str(result.error_message),
+                "critical",
+                job_id=result.job_id,
+                errorCode=result.error_code,
+            )
+            return result
+        return run_backup(spec, self.reporter, cancel)
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Deliver queued alerts before the process exits."""
+        self.alerts.close(timeout=timeout)
+
+
 def build_runner(settings: Settings, *, api: Any = None, standalone: bool = False) -> JobRunner:
-    reporter = make_reporter(settings, None if standalone else api)
-
-    def run(schedule: Any, config: Any, cancel: CancelToken) -> JobResult:
-        return run_schedule(settings, reporter, schedule, config, cancel)
-
-    return run
-
-
-def run_schedule(
-    settings: Settings, reporter: Reporter, schedule: Any, config: Any, cancel: CancelToken
-) -> JobResult:
-    from backupagent.jobs.backup import BackupSpec, run_backup
-
-    started = time.monotonic()
-    try:
-        spec = BackupSpec(**resolve_schedule(settings, schedule, config))
-    except AgentError as exc:
-        return report_unstartable(reporter, schedule, exc, started)
-    return run_backup(spec, reporter, cancel)
+    return ScheduleRunner(settings, make_reporter(settings, None if standalone else api))
 
 
 def resolve_schedule(settings: Settings, schedule: Any, config: Any) -> dict:

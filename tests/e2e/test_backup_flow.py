@@ -120,6 +120,11 @@ def test_scheduled_backup_reports_every_stage_and_restores_with_stock_tools(
     assert pg_database.server.password not in json.dumps(logs)
     assert pg_database.server.password not in res.stderr + res.stdout
 
+    snapshots = controlplane.store.list_schema_snapshots()
+    assert len(snapshots) == 1
+    assert (snapshots[0]["tableCount"], snapshots[0]["columnCount"]) == (2, 6)
+    assert manifest["schemaHash"]
+
     _restore_with_stock_tools(obj, key_file, pg_database, pg_database.name + "_r")
     for table in ("customers", "orders"):
         assert _table_digest(pg_database, pg_database.name, table) == _table_digest(
@@ -171,3 +176,38 @@ def test_standalone_run_records_jobs_locally(agent: Agent, pg_database, tmp_path
     assert any("UNENCRYPTED" in line["message"] for line in doc["logs"])
     listing = json.loads(agent.cli("list", f"file://{tmp_path / 'backups'}", "--json").stdout)
     assert len(listing["backups"]) == 1 and not listing["backups"][0]["encrypted"]
+
+
+def test_truncated_table_is_an_anomaly_reported_and_alerted(
+    agent: Agent, controlplane: ServerHandle, pg_database, tmp_path: Path
+) -> None:
+    from tests.scripted_http import Reply, ScriptedServer
+
+    agent.register(controlplane)
+    _write_credentials(agent, pg_database)
+    with ScriptedServer() as hook:
+        hook.default = Reply(200, {"ok": True})
+        doc = _config(pg_database, tmp_path / "backups", [])
+        doc["alertChannels"] = [
+            {"id": "hook", "type": "webhook", "events": ["anomaly"], "url": hook.url + "/alerts"}
+        ]
+        agent_id = controlplane.store.list_agents()[0]["agentId"]
+        controlplane.store.set_config(agent_id, doc)
+        assert agent.cli("run", "--once").returncode == 0  # pulls config, first backup
+        pg_database.psql("TRUNCATE orders")
+        res = agent.cli("backup", "--schedule", "sched-1")
+        assert res.returncode == 0, res.stderr
+        anomalies = controlplane.store.list_anomalies()
+        assert any(
+            a["type"] == "size_anomaly"
+            and a["severity"] == "critical"
+            and "orders" in a["title"]
+            and "25" in a["title"]
+            for a in anomalies
+        ), anomalies
+        posted = [s.json() for s in hook.seen if s.path == "/alerts"]
+        assert any(
+            p.get("event") == "anomaly" and "orders" in p.get("title", "") for p in posted
+        ), posted
+    jobs = controlplane.store.list_jobs()
+    assert len(jobs) == 2 and all(j["status"] == "completed" for j in jobs)
