@@ -46,11 +46,11 @@ def list_backups(target_url: str, as_json: bool) -> None:
     if not rows:
         click.echo("No backups found.")
     else:
-        click.echo(f"{'CREATED (UTC)':<26} {'DATABASE':<28} {'STORED':>10} {'DUMP':>10}  URL")
+        click.echo(f"{'CREATED (UTC)':<20} {'DATABASE':<28} {'STORED':>10} {'DUMP':>10}  URL")
         for r in rows:
             flag = "" if r["encrypted"] else " (unencrypted)"
             click.echo(
-                f"{r['createdAt'][:25]:<26} {r['database'][:28]:<28} "
+                f"{r['createdAt'][:19].replace('T', ' '):<20} {r['database'][:28]:<28} "
                 f"{human_size(r['storedSize']):>10} {human_size(r['dumpSize']):>10}  "
                 f"{r['url']}{flag}"
             )
