@@ -290,11 +290,28 @@ class Daemon:
             if s.enabled and schedules.is_due(s.cron, s.timezone, self.state.last_run_at(s.id))
         ]
         log.info("%d of %d schedules due", len(due), len(config.schedules))
-        results = []
-        for schedule in due:
-            if self._stop.is_set():
-                break
-            results.append(self.run_schedule(schedule))
+        results: List[Optional[JobResult]] = []
+
+        def work() -> None:
+            for schedule in due:
+                if self._stop.is_set():
+                    break
+                results.append(self.run_schedule(schedule))
+
+        # Jobs run off the main thread so that signals are handled at once
+        # (a long C call, such as compressing a chunk, would delay them).
+        worker = threading.Thread(target=work, name="run-once", daemon=True)
+        worker.start()
+        grace_deadline: Optional[float] = None
+        while worker.is_alive():
+            worker.join(0.2)
+            if self._stop.is_set() and grace_deadline is None:
+                grace_deadline = time.monotonic() + self.settings.shutdown_grace
+            overdue = grace_deadline is not None and time.monotonic() > grace_deadline
+            if overdue and not self._cancel.is_set():
+                log.warning("shutdown grace period over: cancelling the running job")
+                self._cancel.set()
+                self._cancel_running("CANCELLED")
         self.scheduler.shutdown(wait=False)
         self._close_runner()
         failed = sum(1 for r in results if r is not None and not r.ok)

@@ -121,7 +121,13 @@ def run_backup(
             source = (
                 FileSource(plan.source_file)
                 if plan.source_file is not None
-                else ProcessSource(plan.argv, plan.env, cwd=str(workdir), cancel=cancel)
+                else ProcessSource(
+                    plan.argv,
+                    plan.env,
+                    cwd=str(workdir),
+                    cancel=cancel,
+                    classify=lambda rc, err: engine.classify_failure(conn, rc, err),
+                )
             )
             writer = spec.target.open_writer(key)
             result = run_backup_pipeline(
