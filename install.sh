@@ -259,15 +259,34 @@ download_release() {
 	fetch "$rel/$name.tar.gz" "$tmp/$name.tar.gz"
 	verify "$tmp/$name.tar.gz" "$name.tar.gz"
 	say "==> checksum ok: $name.tar.gz"
-	mkdir "$tmp/x"
-	tar -xzf "$tmp/$name.tar.gz" -C "$tmp/x" || die "cannot unpack $name.tar.gz"
-	[ -x "$tmp/x/$name/backupagent" ] || die "$name.tar.gz does not contain $name/backupagent"
-	[ -f "$tmp/x/$name/share/$UNIT_NAME" ] || die "$name.tar.gz does not contain the systemd unit"
-	got="$(head -n 1 "$tmp/x/$name/VERSION" 2>/dev/null || true)"
+	# Check the layout before anything is unpacked anywhere.
+	tar -tzf "$tmp/$name.tar.gz" >"$tmp/contents" 2>/dev/null || die "cannot read $name.tar.gz (not a gzip'd tar)"
+	for f in "$name/backupagent" "$name/share/$UNIT_NAME" "$name/VERSION"; do
+		grep -Fqx "$f" "$tmp/contents" || die "$name.tar.gz does not contain $f"
+	done
+	if grep -v "^$name/" "$tmp/contents" | grep -q . || grep -q '\(^\|/\)\.\.\(/\|$\)' "$tmp/contents"; then
+		die "$name.tar.gz has paths outside $name/; refusing it"
+	fi
+	got="$(tar -xzOf "$tmp/$name.tar.gz" "$name/VERSION" | head -n 1)"
 	[ "$got" = "$version" ] || die "$name.tar.gz holds version '$got', not $version"
-	if ! "$tmp/x/$name/backupagent" version >/dev/null 2>&1; then
-		why="$("$tmp/x/$name/backupagent" version 2>&1 | tail -n 1 || true)"
-		die "the downloaded agent does not run here ($why): the glibc may be older than the build's, or $tmp is on a noexec mount (then set TMPDIR=/var/tmp)"
+}
+
+# Unpack beside the installed versions (not in /tmp, often small or noexec) and
+# check the agent runs here before anything else changes.
+stage_release() {
+	stage="$PREFIX/.$version.new"
+	act install -d -m 0755 -o root -g root "$PREFIX"
+	act rm -rf "$stage"
+	act mkdir -m 0755 "$stage"
+	act tar -xzf "$tmp/$name.tar.gz" -C "$stage" --strip-components=1 --no-same-owner
+	act chown -R root:root "$stage"
+	act chmod -R go-w "$stage"
+	[ "$dry_run" = 0 ] || return 0
+	if ! as_root "$stage/backupagent" version >/dev/null 2>&1; then
+		why="$(as_root "$stage/backupagent" version 2>&1 | tail -n 1 || true)"
+		act rm -rf "$stage"
+		as_root rmdir "$PREFIX" 2>/dev/null || true
+		die "the agent does not run on this machine ($why): its glibc may be older than the build's (see docs/install.md), or $PREFIX is on a noexec mount"
 	fi
 }
 
@@ -317,12 +336,8 @@ install_release() {
 	elif [ -n "$previous" ]; then
 		say "==> upgrading from $previous to $version"
 	fi
-	# Unpack beside the destination, then swap: the running agent's files stay
-	# whole until the service restarts.
-	act rm -rf "$PREFIX/.$version.new"
-	act cp -a "$tmp/x/$name" "$PREFIX/.$version.new"
-	act chown -R root:root "$PREFIX/.$version.new"
-	act chmod -R go-w "$PREFIX/.$version.new"
+	# Swap the staged copy in: the running agent's files stay whole until the
+	# service restarts.
 	act rm -rf "$dest"
 	act mv "$PREFIX/.$version.new" "$dest"
 	act ln -sfn "$version" "$PREFIX/.current.new"
@@ -335,7 +350,8 @@ install_release() {
 		v="$(basename "$d")"
 		[ "$v" = "$version" ] || [ "$v" = "$previous" ] || [ "$v" = current ] || act rm -rf "$d"
 	done
-	act install -m 0644 -o root -g root "$tmp/x/$name/share/$UNIT_NAME" "$UNIT_DIR/$UNIT_NAME"
+	[ -d "$UNIT_DIR" ] || act install -d -m 0755 "$UNIT_DIR"
+	act install -m 0644 -o root -g root "$dest/share/$UNIT_NAME" "$UNIT_DIR/$UNIT_NAME"
 	if has_systemd; then
 		act systemctl daemon-reload
 	fi
@@ -508,6 +524,7 @@ main() {
 	read_token
 	resolve_version
 	download_release
+	stage_release
 	create_user
 	make_dirs
 	install_release

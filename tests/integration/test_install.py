@@ -274,6 +274,25 @@ def box(engine: Any, base_image: str) -> Iterator[Box]:
         container.remove(force=True)
 
 
+@pytest.fixture
+def make_box(engine: Any, base_image: str) -> Iterator[Any]:
+    """Fresh containers with extra `docker run` options (e.g. tmpfs mounts)."""
+    made: List[Any] = []
+
+    def make(**options: Any) -> Box:
+        container = engine.client.containers.run(
+            base_image, ["sleep", "infinity"], detach=True, network_mode="host", **options
+        )
+        made.append(container)
+        return Box(container)
+
+    try:
+        yield make
+    finally:
+        for container in made:
+            container.remove(force=True)
+
+
 def install(box: Box, site: Site, args: str = "", env: Optional[Dict[str, str]] = None) -> str:
     """The documented one-liner, with the artifacts from the loopback server."""
     full = {"BACKUPAGENT_BASE_URL": site.url, **(env or {})}
@@ -343,7 +362,8 @@ def test_fresh_install_rerun_dry_run_uninstall(box: Box, site: Site) -> None:
     box.ok("printf 'hostname: db1\\n' > /etc/backupagent/agent.yaml")
     box.ok("chmod 640 /etc/backupagent/agent.yaml && chgrp backupagent /etc/backupagent/agent.yaml")
     box.ok(
-        "printf 'x' > /var/lib/backupagent/marker && chown backupagent:backupagent /var/lib/backupagent/marker"
+        "printf x > /var/lib/backupagent/marker"
+        " && chown backupagent:backupagent /var/lib/backupagent/marker"
     )
     before = box.snapshot()
     out = install(box, site)
@@ -644,3 +664,21 @@ def test_frozen_build_backs_up_a_standalone_config(built: Path, tmp_path: Path) 
     argv[-1] = str(bad)
     proc = _bare(argv, tmp_path)
     assert proc.returncode == 3, proc.stdout.decode()
+
+
+def test_small_noexec_tmp_is_fine(make_box: Any, site: Site) -> None:
+    """Hardened hosts mount /tmp noexec (and small): the installer only keeps the
+    tarball there and runs the agent from where it is installed."""
+    box = make_box(tmpfs={"/tmp": "rw,noexec,nosuid,size=48m"})
+    install(box, site, "--no-start")
+    assert box.ok("backupagent version").startswith(f"backupagent {_version()} ")
+
+
+def test_agent_that_cannot_run_is_not_installed(make_box: Any, site: Site) -> None:
+    box = make_box(tmpfs={"/opt": "rw,noexec,nosuid"})
+    out = install_fails(box, site)
+    assert "the agent does not run on this machine" in out
+    assert "noexec" in out
+    assert box.ok("ls -A /opt").strip() == ""
+    assert box.sh("getent passwd backupagent")[0] != 0
+    assert not box.exists("/usr/local/bin/backupagent")
