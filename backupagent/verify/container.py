@@ -438,7 +438,12 @@ class ManagedContainer:
             ) from None
 
     def wait_ready(
-        self, probe: Sequence[str], timeout: float, what: str, expect: Optional[str] = None
+        self,
+        probe: Sequence[str],
+        timeout: float,
+        what: str,
+        expect: Optional[str] = None,
+        environment: Optional[Dict[str, str]] = None,
     ) -> float:
         """Poll ``probe`` inside the container until it succeeds; return seconds waited.
 
@@ -458,7 +463,7 @@ class ManagedContainer:
                     code=VERIFY_CONTAINER_FAIL,
                 )
             try:
-                res = self.exec(probe)
+                res = self.exec(probe, environment=environment)
                 if res.exit_code == 0 and (expect is None or expect in res.text):
                     return time.monotonic() - started
                 last = (res.err_text or res.text).strip()[-300:]
