@@ -32,6 +32,7 @@ COMMANDS: Dict[str, Tuple[str, str, str]] = {
     "backup": ("backupagent.cli.backup", "backup", "Back up one database now."),
     "restore": ("backupagent.cli.restore", "restore", "Restore a backup into a database."),
     "decrypt": ("backupagent.cli.restore", "decrypt", "Decrypt and decompress a stored backup."),
+    "verify": ("backupagent.cli.verify", "verify", "Restore a backup in Docker and check it."),
     "keygen": ("backupagent.cli.keygen", "keygen", "Create an age identity for encrypted backups."),
     "list": ("backupagent.cli.listing", "list_backups", "List the backups stored in a target."),
     "prune": ("backupagent.cli.prune", "prune", "Delete old backups by retention policy."),

@@ -251,9 +251,25 @@ class Daemon:
 
     def start(self) -> None:
         self.load_cached_config()
+        self._remove_leftover_containers()
         self.scheduler.start(paused=True)
         if self.config is not None:
             schedules.reconcile(self.scheduler, self.config.schedules, self._job_callable)
+
+    def _remove_leftover_containers(self) -> None:
+        """Verification containers a crash left behind; only touches Docker (and
+        imports its SDK) when some schedule verifies."""
+        if self.config is None or not any(s.verification.enabled for s in self.config.schedules):
+            return
+        try:
+            from backupagent.verify.container import cleanup_leftovers
+
+            removed = cleanup_leftovers()
+        except Exception as exc:  # Docker down: verification will say so when it runs
+            log.warning("could not check for leftover verification containers: %s", exc)
+            return
+        if removed:
+            log.warning("removed %d leftover verification container(s)", len(removed))
 
     def run_forever(self) -> int:
         self.start()

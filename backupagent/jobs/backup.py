@@ -45,6 +45,8 @@ class BackupSpec:
     extra_manifest: Dict[str, Any] = field(default_factory=dict)
     history: Any = None  # analysis.History: size/row-count/drift baselines
     alerts: Any = None  # alerts.AlertDispatcher
+    verification: Any = None  # config.model.Verification, or None
+    settings_extra: Dict[str, Any] = field(default_factory=dict)  # host settings (images, key)
 
 
 class _Stages:
@@ -228,6 +230,10 @@ def run_backup(
         return JobResult(status="failed", job_id=job_id, error_code=code, error_message=message)
     shutil.rmtree(workdir, ignore_errors=True)
     _apply_retention(spec, key, joblog)
+    if spec.verification is not None and spec.verification.enabled:
+        outcome.details["verification"] = _verify(
+            spec, reporter, joblog, job_id, label, outcome.details, snapshot, cancel
+        )
     _after_backup(spec, reporter, joblog, job_id, label, outcome.details, plan.row_counts, snapshot)
     joblog.flush()
     return outcome
@@ -352,3 +358,70 @@ def _after_backup(
     except Exception as exc:
         log.warning("post-backup analysis failed (the backup is fine): %s", exc)
         joblog.add("warn", f"post-backup analysis failed: {exc}")
+
+
+def _verify(
+    spec: BackupSpec,
+    reporter: Reporter,
+    joblog: JobLog,
+    job_id: str,
+    label: str,
+    details: Dict[str, Any],
+    snapshot: Optional[Dict[str, Any]],
+    cancel: CancelToken,
+) -> str:
+    """Prove the stored object restores; report the result and any restore failure.
+
+    The backup already completed: a failed verification is reported as such
+    (and alerted), it does not turn the backup job into a failure.
+    """
+    from backupagent.analysis import restore_failure
+    from backupagent.verify.run import verify_backup
+
+    joblog.add("info", "verifying: restoring the stored backup into a throwaway container")
+    outcome = verify_backup(
+        spec.target,
+        details["objectKey"],
+        details["manifest"],
+        image=spec.verification.image,
+        checks=spec.verification.checks,
+        schema_snapshot=snapshot,
+        cancel=cancel,
+        settings_extra=spec.settings_extra,
+        job_id=job_id,
+    )
+    reporter.verification(job_id, outcome.report)
+    failed = [c for c in outcome.report.checks if c.status == "failed"]
+    summary = (
+        f"verification {outcome.status} ({outcome.path_taken}, "
+        f"{len(outcome.report.checks)} checks, {len(failed)} failed, restore "
+        f"{outcome.report.restoreDurationMs} ms)"
+    )
+    joblog.add("info" if outcome.status == "passed" else "error", summary)
+    for check in failed:
+        joblog.add(
+            "error",
+            f"check {check.checkType} {check.checkName}: expected "
+            f"{check.expectedValue}, got {check.actualValue}",
+        )
+    if outcome.status != "passed":
+        reason = outcome.details.get("errorMessage") or "; ".join(
+            f"{c.checkName}: expected {c.expectedValue}, got {c.actualValue}" for c in failed[:5]
+        )
+        if spec.alerts is not None:
+            spec.alerts.notify(
+                "verification_failed",
+                f"Verification of {label} {outcome.status}",
+                str(reason),
+                "critical",
+                database=label,
+                job_id=job_id,
+            )
+        if outcome.anomaly_due:
+            anomaly = restore_failure(
+                str(reason), database_label=label, backup=details["uploadPath"]
+            )
+            reporter.anomaly(anomaly)
+            if spec.alerts is not None:
+                spec.alerts.notify_anomaly(anomaly, database=label, job_id=job_id)
+    return outcome.status

@@ -95,6 +95,8 @@ def resolve_schedule(settings: Settings, schedule: Any, config: Any) -> dict:
         "schedule_id": schedule.id,
         "retention": schedule.retention,
         "spool_dir": spool,
+        "verification": schedule.verification,
+        "settings_extra": settings.extra,
     }
 
 

@@ -211,3 +211,62 @@ def test_truncated_table_is_an_anomaly_reported_and_alerted(
         ), posted
     jobs = controlplane.store.list_jobs()
     assert len(jobs) == 2 and all(j["status"] == "completed" for j in jobs)
+
+
+def test_scheduled_backup_is_verified_in_docker_and_reported(
+    agent: Agent,
+    controlplane: ServerHandle,
+    pg_database,
+    tmp_path: Path,
+    docker_engine,
+    postgres_image: str,
+) -> None:  # type: ignore[no-untyped-def]
+    from backupagent.verify.container import LABEL
+
+    identity = generate_identity()
+    key_file = tmp_path / "key.txt"
+    key_file.write_text(identity.secret + "\n")
+    key_file.chmod(0o600)
+    agent.register(controlplane)
+    _write_credentials(agent, pg_database)
+    settings = agent.config_dir / "agent.yaml"
+    doc = yaml.safe_load(settings.read_text())
+    doc["verification"] = {"identityFile": str(key_file)}
+    settings.write_text(yaml.safe_dump(doc))
+    cfg = _config(pg_database, tmp_path / "backups", [identity.recipient])
+    cfg["schedules"][0]["verification"] = {
+        "enabled": True,
+        "image": postgres_image,
+        "checks": [
+            {"checkType": "row_count"},
+            {"checkType": "schema_match"},
+            {
+                "checkType": "custom_query",
+                "checkName": "orders total",
+                "query": "SELECT count(*) FROM orders",
+                "expectedValue": "26",
+            },
+        ],
+    }
+    agent_id = controlplane.store.list_agents()[0]["agentId"]
+    controlplane.store.set_config(agent_id, cfg)
+
+    res = agent.cli("run", "--once", timeout=600)
+    assert res.returncode == 0, res.stderr  # the backup itself completed
+    job = controlplane.store.list_jobs()[0]
+    assert job["status"] == "completed"
+    verifications = controlplane.store.list_verifications(job["jobId"])
+    assert len(verifications) == 1
+    v = verifications[0]
+    assert v["status"] == "failed" and v["containerId"] and v["restoreDurationMs"] > 0
+    checks = {(c["checkType"], c["checkName"]): c for c in v["checks"]}
+    assert checks[("row_count", "public.orders")]["status"] == "passed"
+    assert checks[("row_count", "public.orders")]["actualValue"] == "25"
+    assert checks[("custom_query", "orders total")]["status"] == "failed"
+    assert (
+        checks[("custom_query", "orders total")]["expectedValue"],
+        checks[("custom_query", "orders total")]["actualValue"],
+    ) == ("26", "25")
+    assert any(c["checkType"] == "schema_match" and c["status"] == "passed" for c in v["checks"])
+    left = docker_engine.client.containers.list(all=True, filters={"label": f"{LABEL}=true"})
+    assert left == []

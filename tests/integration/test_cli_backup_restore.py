@@ -131,7 +131,8 @@ def test_restore_refuses_a_tampered_object_and_a_missing_key(
     assert "corrupt" in res.stderr or "SHA-256" in res.stderr
     # The restore tool was killed before it saw a clean end of input.
     tables = pg_database.server.psql(
-        "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'", restored).strip()
+        "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'", restored
+    ).strip()
     assert tables == "0"
 
 
@@ -146,3 +147,56 @@ def test_one_off_backup_of_an_unreachable_database_fails_cleanly(
     assert "DB_UNREACHABLE" in res.stderr
     backups = tmp_path / "backups"
     assert not backups.exists() or not [p for p in backups.rglob("*") if p.is_file()]
+
+
+def test_verify_command_on_a_stored_backup(
+    tmp_path: Path, setup: Dict[str, str], pg_database, docker_engine, postgres_image: str
+) -> None:  # type: ignore[no-untyped-def]
+    res = cli(
+        tmp_path,
+        "backup",
+        setup["url"],
+        "--to",
+        setup["target"],
+        "-r",
+        setup["recipient"],
+        "--json",
+    )
+    upload = json.loads(res.stdout)["uploadPath"]
+    res = cli(
+        tmp_path,
+        "verify",
+        upload,
+        "-i",
+        setup["key"],
+        "--image",
+        postgres_image,
+        "--query",
+        "SELECT count(*) FROM customers",
+        "--expect",
+        "10",
+        "--json",
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    report = json.loads(res.stdout)
+    assert report["status"] == "passed" and report["pathTaken"] == "stored-object"
+    assert {c["checkType"] for c in report["checks"]} == {
+        "row_count",
+        "schema_match",
+        "custom_query",
+    }
+    res = cli(
+        tmp_path,
+        "verify",
+        upload,
+        "-i",
+        setup["key"],
+        "--image",
+        postgres_image,
+        "--query",
+        "SELECT count(*) FROM customers",
+        "--expect",
+        "11",
+    )
+    assert res.returncode == ExitCode.FAILURE
+    assert "expected 11, got 10" in res.stdout
