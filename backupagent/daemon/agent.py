@@ -251,7 +251,6 @@ class Daemon:
 
     def start(self) -> None:
         self.load_cached_config()
-        self._remove_leftover_containers()
         self.scheduler.start(paused=True)
         if self.config is not None:
             schedules.reconcile(self.scheduler, self.config.schedules, self._job_callable)
@@ -338,10 +337,13 @@ class Daemon:
         unusable: a local config error is the operator's to fix now, whereas a
         control plane that is down is waited out with the cached config."""
         if self.config_file is not None:
-            return self._reload_file(force=True)
-        self.tick()
-        if self._need_sync:
-            log.warning("could not pull the config; using the last good one")
+            if not self._reload_file(force=True):
+                return False
+        else:
+            self.tick()
+            if self._need_sync:
+                log.warning("could not pull the config; using the last good one")
+        self._remove_leftover_containers()
         return True
 
     def _shutdown(self) -> None:
