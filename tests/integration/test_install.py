@@ -682,3 +682,241 @@ def test_agent_that_cannot_run_is_not_installed(make_box: Any, site: Site) -> No
     assert box.ok("ls -A /opt").strip() == ""
     assert box.sh("getent passwd backupagent")[0] != 0
     assert not box.exists("/usr/local/bin/backupagent")
+
+
+# -- under a real systemd ----------------------------------------------------------
+
+SYSTEMD_IMAGE_TAG = "backupagent-test/install-systemd:bookworm-1"
+CAP_NAMES = [
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+    "PERFMON",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+]
+
+
+def _caps_we_lack() -> List[str]:
+    """Capabilities outside this process's bounding set: `--privileged` would
+    fail to grant them (as in a nested container), so drop them explicitly."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("CapBnd:"):
+            bound = int(line.split()[1], 16)
+            return [name for i, name in enumerate(CAP_NAMES) if not bound >> i & 1]
+    return []
+
+
+def _build_systemd_image(engine: Any) -> str:
+    import docker.errors
+
+    try:
+        engine.client.images.get(SYSTEMD_IMAGE_TAG)
+        return SYSTEMD_IMAGE_TAG
+    except docker.errors.ImageNotFound:
+        pass
+    debootstrap = require_binary("debootstrap", "apt-get install debootstrap")
+    root = Path(tempfile.mkdtemp(prefix="install-systemd-"))
+    try:
+        argv = [debootstrap, "--variant=minbase", "--include=systemd,systemd-sysv,dbus,curl"]
+        proc = subprocess.run(
+            [*argv, "bookworm", str(root), _debian_mirror()],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            check=False,
+        )
+        if proc.returncode != 0:
+            pytest.fail("debootstrap failed:\n" + proc.stdout.decode(errors="replace")[-3000:])
+        for rel in ("var/cache/apt/archives", "var/lib/apt/lists", "usr/share/doc"):
+            shutil.rmtree(root / rel, ignore_errors=True)
+        tar = subprocess.Popen(
+            ["tar", "--numeric-owner", "-C", str(root), "-c", "."], stdout=subprocess.PIPE
+        )
+        imp = subprocess.run(
+            ["docker", "import", "-c", 'CMD ["/lib/systemd/systemd"]', "-", SYSTEMD_IMAGE_TAG],
+            stdin=tar.stdout,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=engine.env(),
+            check=False,
+        )
+        tar.wait()
+        if imp.returncode != 0:
+            pytest.fail("docker import failed: " + imp.stdout.decode(errors="replace"))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return SYSTEMD_IMAGE_TAG
+
+
+@pytest.fixture
+def systemd_box(engine: Any) -> Iterator[Box]:
+    """A container whose PID 1 is systemd, on the host network."""
+    require(os.geteuid() == 0, "systemd in a container needs root")
+    require(Path("/sys/fs/cgroup/systemd").is_dir(), "a name=systemd cgroup hierarchy (v1)")
+    image = _build_systemd_image(engine)
+    container = engine.client.containers.run(
+        image,
+        ["/lib/systemd/systemd"],
+        detach=True,
+        network_mode="host",
+        cap_add=["ALL"],
+        cap_drop=_caps_we_lack(),
+        security_opt=["seccomp=unconfined", "apparmor=unconfined"],
+        tmpfs={"/run": "rw,size=64m", "/run/lock": "rw", "/tmp": "rw,size=64m"},
+        volumes={"/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"}},
+    )
+    box = Box(container)
+    try:
+        deadline = time.monotonic() + 60
+        state = ""
+        while time.monotonic() < deadline:
+            state = box.sh("systemctl is-system-running")[1].strip()
+            if state in ("running", "degraded"):
+                break
+            time.sleep(0.5)
+        require(state in ("running", "degraded"), f"systemd did not boot in a container: {state}")
+        yield box
+    finally:
+        container.remove(force=True)
+
+
+def _daemon_notifies() -> bool:
+    """Whether the daemon sends READY=1 (the wiring of backupagent/daemon/sdnotify.py)."""
+    return (
+        any(
+            "sdnotify" in p.read_text()
+            for p in (ROOT / "backupagent" / "daemon").glob("*.py")
+            if p.name != "sdnotify.py"
+        )
+        or "sdnotify" in (ROOT / "backupagent" / "cli" / "run.py").read_text()
+    )
+
+
+def _register_and_install(box: Box, site: Site, cp: Any, args: str = "") -> str:
+    box.ok(f"curl -fsSL -o /root/install.sh {site.url}/install")
+    box.put("/root/token", cp.create_token().encode() + b"\n", mode=0o600)
+    return box.ok(
+        f"sh /root/install.sh --token - --server {cp.url} {args} < /root/token",
+        env={"BACKUPAGENT_BASE_URL": site.url},
+    )
+
+
+def _main_pid(box: Box) -> str:
+    return box.ok("systemctl show -p MainPID --value backupagent").strip()
+
+
+def test_hardened_service_runs_under_systemd(systemd_box: Box, site: Site, tmp_path: Path) -> None:
+    """The unit's sandbox as systemd really applies it: the agent starts, heartbeats
+    as the backupagent user with no capabilities, a seccomp filter, a read-only
+    root; it stops cleanly on SIGTERM. Type=simple here so this holds whether
+    or not the daemon sends READY (test_service_notifies_systemd covers that)."""
+    from backupagent.controlplane.testing import running_server
+
+    box = systemd_box
+    with running_server(tmp_path / "cp.db") as cp:
+        _register_and_install(box, site, cp, "--no-start")
+        box.ok(
+            "mkdir -p /etc/systemd/system/backupagent.service.d && printf "
+            "'[Service]\\nType=simple\\n' > /etc/systemd/system/backupagent.service.d/t.conf"
+            " && systemctl daemon-reload && systemctl start backupagent"
+        )
+        agent_id = cp.store.list_agents()[0]["agentId"]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not cp.store.list_heartbeats(agent_id):
+            time.sleep(0.5)
+        assert cp.store.list_heartbeats(agent_id), "no heartbeat from the service"
+        pid = _main_pid(box)
+        assert pid != "0", box.sh("journalctl -u backupagent --no-pager -o cat")[1]
+        status = box.ok(f"cat /proc/{pid}/status")
+        assert "\nNoNewPrivs:\t1" in status
+        assert "\nSeccomp:\t2" in status
+        assert "\nCapEff:\t0000000000000000" in status
+        assert "\nCapBnd:\t0000000000000000" in status
+        assert box.ok(f"stat -c %U /proc/{pid}").strip() == "backupagent"
+        mounts = box.ok(f"cat /proc/{pid}/mountinfo")
+        root_opts = next(line.split()[5] for line in mounts.splitlines() if line.split()[4] == "/")
+        assert root_opts.startswith("ro"), root_opts
+        journal = box.ok("journalctl -u backupagent --no-pager -o cat")
+        assert '"level": "info"' in journal, journal  # JSON lines under systemd
+        assert "agent running" in journal, journal
+
+        box.ok("systemctl stop backupagent")
+        shown = box.ok("systemctl show -p Result -p ExecMainStatus backupagent")
+        assert "Result=success" in shown and "ExecMainStatus=0" in shown, shown
+        assert "agent stopped" in box.ok("journalctl -u backupagent --no-pager -o cat")
+
+
+@pytest.mark.xfail(
+    not _daemon_notifies(),
+    reason="the daemon does not send READY=1 yet (wire backupagent/daemon/sdnotify.py)",
+    strict=True,
+)
+def test_service_notifies_systemd(systemd_box: Box, site: Site, tmp_path: Path) -> None:
+    """The unit as shipped (Type=notify): `systemctl start` returns only after
+    READY=1, and the service stays up past a short watchdog period."""
+    from backupagent.controlplane.testing import running_server
+
+    box = systemd_box
+    with running_server(tmp_path / "cp.db") as cp:
+        _register_and_install(box, site, cp, "--no-start")
+        box.ok(
+            "mkdir -p /etc/systemd/system/backupagent.service.d && printf "
+            "'[Service]\\nTimeoutStartSec=30s\\nWatchdogSec=6s\\n'"
+            " > /etc/systemd/system/backupagent.service.d/t.conf && systemctl daemon-reload"
+            " && echo 'heartbeatInterval: 1' >> /etc/backupagent/agent.yaml"
+        )
+        code, out = box.sh("systemctl start backupagent")
+        journal = box.sh("journalctl -u backupagent --no-pager -o cat")[1]
+        assert code == 0, f"start failed ({out}):\n{journal[-3000:]}"
+        time.sleep(10)  # longer than WatchdogSec: only pings keep it alive
+        shown = box.ok("systemctl show -p ActiveState -p NRestarts -p StatusText backupagent")
+        assert "ActiveState=active" in shown and "NRestarts=0" in shown, shown
+
+        # Heartbeats failing: the pings stop, the watchdog fires, systemd restarts it.
+        cp.faults.add("/heartbeat", 503, times=10_000)
+        deadline = time.monotonic() + 60
+        restarts = ""
+        while time.monotonic() < deadline:
+            restarts = box.ok("systemctl show -p NRestarts --value backupagent").strip()
+            if restarts not in ("", "0"):
+                break
+            time.sleep(1)
+        journal = box.sh("journalctl -u backupagent --no-pager -o cat")[1]
+        assert restarts not in ("", "0"), f"no watchdog restart:\n{journal[-3000:]}"
+        assert "Watchdog timeout" in journal, journal[-3000:]
+        box.ok("systemctl stop backupagent")
