@@ -10,6 +10,7 @@ object and its manifest are both committed.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import shutil
@@ -132,15 +133,19 @@ def run_backup(
                 )
             )
             writer = spec.target.open_writer(key)
-            result = run_backup_pipeline(
-                source,
-                writer,
-                level=spec.compression_level,
-                recipients=list(spec.recipients),
-                on_stage=stages,
-                cancel=cancel,
-                progress=progress,
-            )
+            spool_path = _spool_path(spec, workdir)
+            with contextlib.ExitStack() as stack:
+                spool = stack.enter_context(open(spool_path, "xb")) if spool_path else None
+                result = run_backup_pipeline(
+                    source,
+                    writer,
+                    level=spec.compression_level,
+                    recipients=list(spec.recipients),
+                    on_stage=stages,
+                    cancel=cancel,
+                    progress=progress,
+                    spool=spool,
+                )
             if cancel.cancelled:
                 raise AgentError("backup cancelled", code=cancel.reason)
             upload_path = writer.commit()
@@ -228,12 +233,12 @@ def run_backup(
         if not isinstance(exc, Exception):
             raise  # KeyboardInterrupt / SystemExit: reported, then propagated
         return JobResult(status="failed", job_id=job_id, error_code=code, error_message=message)
-    shutil.rmtree(workdir, ignore_errors=True)
     _apply_retention(spec, key, joblog)
     if spec.verification is not None and spec.verification.enabled:
         outcome.details["verification"] = _verify(
-            spec, reporter, joblog, job_id, label, outcome.details, snapshot, cancel
+            spec, reporter, joblog, job_id, label, outcome.details, snapshot, cancel, spool_path
         )
+    shutil.rmtree(workdir, ignore_errors=True)
     _after_backup(spec, reporter, joblog, job_id, label, outcome.details, plan.row_counts, snapshot)
     joblog.flush()
     return outcome
@@ -360,6 +365,23 @@ def _after_backup(
         joblog.add("warn", f"post-backup analysis failed: {exc}")
 
 
+def _spool_path(spec: BackupSpec, workdir: Path) -> Optional[Path]:
+    """Where to keep a local compressed copy, when verification will need one.
+
+    Only for an encrypted backup that this host cannot decrypt (no
+    ``verification.identityFile`` in the host settings, as the docs advise):
+    verification then restores the spool and checks the stored object's
+    SHA-256 separately. The copy lives in the job's private work dir and goes
+    with it.
+    """
+    if spec.verification is None or not spec.verification.enabled or not spec.recipients:
+        return None
+    section = spec.settings_extra.get("verification") or {}
+    if isinstance(section, dict) and section.get("identityFile"):
+        return None
+    return workdir / "verify-spool.zst"
+
+
 def _verify(
     spec: BackupSpec,
     reporter: Reporter,
@@ -369,6 +391,7 @@ def _verify(
     details: Dict[str, Any],
     snapshot: Optional[Dict[str, Any]],
     cancel: CancelToken,
+    spool_path: Optional[Path],
 ) -> str:
     """Prove the stored object restores; report the result and any restore failure.
 
@@ -389,6 +412,7 @@ def _verify(
         cancel=cancel,
         settings_extra=spec.settings_extra,
         job_id=job_id,
+        spool_path=spool_path,
     )
     reporter.verification(job_id, outcome.report)
     failed = [c for c in outcome.report.checks if c.status == "failed"]

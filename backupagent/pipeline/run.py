@@ -221,6 +221,7 @@ def run_backup_pipeline(
     cancel: Any = None,
     progress: Optional[Callable[[Progress], None]] = None,
     threads: int = -1,
+    spool: Any = None,
     hash_dump: bool = False,
     chunk_size: int = CHUNK_SIZE,
 ) -> PipelineResult:
@@ -231,6 +232,9 @@ def run_backup_pipeline(
     ``writer``: a target's ``ObjectWriter``; only ``write`` is called.
     ``recipients``: age recipients (``age1...`` strings); empty stores the
     compressed dump unencrypted. ``threads``: zstd workers (-1: one per CPU).
+    ``spool``: an optional file-like that also receives the compressed,
+    unencrypted stream (a local copy for verifying on a host that holds no
+    age identity); the caller owns it.
     Raises :class:`PipelineError` (or the target's/engine's AgentError) on any
     failure, after stopping every thread and killing the dump process.
     """
@@ -292,6 +296,8 @@ def run_backup_pipeline(
                 _check_cancel(cancel)
                 if chunk is None:
                     break
+                if spool is not None:
+                    spool.write(chunk)
                 if encrypted and encryptor is None:
                     stages.reach("encrypting")
                     try:

@@ -270,3 +270,26 @@ def test_scheduled_backup_is_verified_in_docker_and_reported(
     assert any(c["checkType"] == "schema_match" and c["status"] == "passed" for c in v["checks"])
     left = docker_engine.client.containers.list(all=True, filters={"label": f"{LABEL}=true"})
     assert left == []
+
+
+def test_host_without_the_key_verifies_from_its_local_spool(
+    agent: Agent,
+    controlplane: ServerHandle,
+    pg_database,
+    tmp_path: Path,
+    docker_engine,
+    postgres_image: str,
+) -> None:  # type: ignore[no-untyped-def]
+    identity = generate_identity()  # the secret half never reaches the agent
+    agent.register(controlplane)
+    _write_credentials(agent, pg_database)
+    cfg = _config(pg_database, tmp_path / "backups", [identity.recipient])
+    cfg["schedules"][0]["verification"] = {"enabled": True, "image": postgres_image}
+    controlplane.store.set_config(controlplane.store.list_agents()[0]["agentId"], cfg)
+    res = agent.cli("run", "--once", timeout=600)
+    assert res.returncode == 0, res.stderr
+    job = controlplane.store.list_jobs()[0]
+    v = controlplane.store.list_verifications(job["jobId"])[0]
+    assert v["status"] == "passed", v
+    assert any("local-spool" in e["message"] for e in controlplane.store.job_logs(job["jobId"]))
+    assert not list((agent.state_dir / "spool").rglob("*.zst"))  # the copy is gone
