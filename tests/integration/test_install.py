@@ -574,7 +574,9 @@ def test_frozen_build_runs_every_command_without_python(built: Path, tmp_path: P
 
 def test_frozen_build_collects_the_lazy_imports(built: Path, tmp_path: Path) -> None:
     agent = _unpacked(built, tmp_path) / "backupagent"
-    viewer = shutil.which("pyi-archive_viewer")
+    # The build venv's PyInstaller (packaging/build.sh made it), else one on PATH.
+    venvs = sorted((ROOT / "build" / "packaging").glob("venv-*/bin/pyi-archive_viewer"))
+    viewer = str(venvs[-1]) if venvs else shutil.which("pyi-archive_viewer")
     require(viewer is not None, "pyi-archive_viewer (pip install pyinstaller)")
     assert viewer is not None
     proc = subprocess.run(
