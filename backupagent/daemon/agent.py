@@ -24,7 +24,7 @@ from backupagent.config.hashing import EMPTY_HASH, config_hash
 from backupagent.config.load import LastGoodConfigCache, load_config_file
 from backupagent.config.model import AgentConfig
 from backupagent.config.parse import parse_config
-from backupagent.daemon import schedules
+from backupagent.daemon import schedules, sdnotify
 from backupagent.daemon.heartbeat import Heartbeater
 from backupagent.daemon.state import AgentState
 from backupagent.errors import AgentError, ConfigInvalid
@@ -281,12 +281,30 @@ class Daemon:
             "standalone" if self.config_file else f"server {self.api.base_url}",  # type: ignore[union-attr]
             self.interval,
         )
+        sdnotify.ready("running")
+        self._ping_watchdog()
         try:
             while not self._stop.wait(self._jittered_interval()):
                 self.tick()
+                self._ping_watchdog()
         finally:
+            sdnotify.stopping(f"stopping: {self.running_jobs} job(s) running")
             self._shutdown()
         return 0
+
+    def _ping_watchdog(self) -> None:
+        """Tell systemd we are healthy: while heartbeats succeed (standalone: while
+        the loop runs). A running backup also counts, so a control-plane outage
+        can never get a backup killed by a watchdog restart."""
+        healthy = self.heartbeater is None or self.heartbeater.last_ok or self.running_jobs > 0
+        if healthy:
+            sdnotify.watchdog()
+        if self.heartbeater is not None:
+            sdnotify.status(
+                "heartbeat ok"
+                if self.heartbeater.last_ok
+                else "control plane unreachable: heartbeats failing"
+            )
 
     def run_once(self) -> int:
         """One heartbeat and config sync, then every due schedule, then exit."""

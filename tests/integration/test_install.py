@@ -817,18 +817,6 @@ def systemd_box(engine: Any) -> Iterator[Box]:
         container.remove(force=True)
 
 
-def _daemon_notifies() -> bool:
-    """Whether the daemon sends READY=1 (the wiring of backupagent/daemon/sdnotify.py)."""
-    return (
-        any(
-            "sdnotify" in p.read_text()
-            for p in (ROOT / "backupagent" / "daemon").glob("*.py")
-            if p.name != "sdnotify.py"
-        )
-        or "sdnotify" in (ROOT / "backupagent" / "cli" / "run.py").read_text()
-    )
-
-
 def _register_and_install(box: Box, site: Site, cp: Any, args: str = "") -> str:
     box.ok(f"curl -fsSL -o /root/install.sh {site.url}/install")
     box.put("/root/token", cp.create_token().encode() + b"\n", mode=0o600)
@@ -883,11 +871,6 @@ def test_hardened_service_runs_under_systemd(systemd_box: Box, site: Site, tmp_p
         assert "agent stopped" in box.ok("journalctl -u backupagent --no-pager -o cat")
 
 
-@pytest.mark.xfail(
-    not _daemon_notifies(),
-    reason="the daemon does not send READY=1 yet (wire backupagent/daemon/sdnotify.py)",
-    strict=True,
-)
 def test_service_notifies_systemd(systemd_box: Box, site: Site, tmp_path: Path) -> None:
     """The unit as shipped (Type=notify): `systemctl start` returns only after
     READY=1, and the service stays up past a short watchdog period."""
