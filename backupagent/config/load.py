@@ -91,7 +91,8 @@ def load_config_file(path: PathLike) -> Tuple[dict, AgentConfig]:
     except yaml.MarkedYAMLError as exc:
         raise ConfigInvalid([_yaml_problem(exc)], source=source) from None
     except yaml.YAMLError as exc:
-        raise ConfigInvalid([f"file: is not valid YAML ({exc})"], source=source) from None
+        reason = " ".join(str(exc).split())  # one line: a problem is one log line
+        raise ConfigInvalid([f"file: is not valid YAML ({reason})"], source=source) from None
     except RecursionError:
         raise ConfigInvalid(["file: YAML is nested too deeply"], source=source) from None
     except (ValueError, TypeError, OverflowError) as exc:  # e.g. a 5000-digit integer

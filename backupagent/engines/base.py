@@ -44,8 +44,36 @@ class EngineError(AgentError):
 
 
 def mask_url(url: str) -> str:
-    """``scheme://user:***@host`` for any URL-ish string, even an unparseable one."""
-    return re.sub(r"(^|://)([^/@:]*:)[^/@]*@", r"\1\2***@", url)
+    """``scheme://user:***@host`` for any URL-ish string, even an unparseable one.
+
+    The password ends at the *last* ``@``: a password may itself hold ``@``,
+    ``/`` or ``?`` (unencoded, the URL is ambiguous), and masking too much is
+    harmless where masking too little leaks.
+    """
+    start = url.find("://")
+    start = start + 3 if start >= 0 else 0
+    at = url.rfind("@")
+    if at < start:
+        return url
+    user, sep, _ = url[start:at].partition(":")
+    if not sep:
+        return url
+    return url[:start] + user + ":***" + url[at:]
+
+
+def _password_pieces(url: str) -> List[str]:
+    """The URL's password and the pieces a parser may echo (split at URL delimiters)."""
+    start = url.find("://")
+    start = start + 3 if start >= 0 else 0
+    at = url.rfind("@")
+    if at < start:
+        return []
+    _, sep, password = url[start:at].partition(":")
+    if not sep or not password:
+        return []
+    pieces = {password, urllib.parse.unquote(password)}
+    pieces.update(re.split(r"[/?#@\[\]:]", password))
+    return sorted((p for p in pieces if len(p) >= 4), key=len, reverse=True)
 
 
 def redact(text: str, *secrets: Optional[str]) -> str:
@@ -147,7 +175,8 @@ _SCHEMES = {
 
 
 def _url_error(url: str, problem: str, fix: str) -> EngineError:
-    return EngineError(f"database URL {mask_url(url)!r}: {problem}; {fix}", code=URL_INVALID)
+    text = redact(f"database URL {mask_url(url)!r}: {problem}; {fix}", *_password_pieces(url))
+    return EngineError(text, code=URL_INVALID)
 
 
 def parse_database_url(url: str) -> ConnectionSpec:
@@ -169,7 +198,9 @@ def parse_database_url(url: str) -> ConnectionSpec:
         parts = urllib.parse.urlsplit(url)
         port_value = parts.port
     except ValueError as exc:
-        raise _url_error(url, f"cannot be parsed ({exc})", "check the host and port") from None
+        # urllib's own text quotes pieces of the netloc, which may be the password's
+        reason = "the port is not a number from 1 to 65535" if "Port" in str(exc) else "bad host"
+        raise _url_error(url, f"cannot be parsed ({reason})", "check the host and port") from None
     scheme = parts.scheme.lower()
     db_type = _SCHEMES.get(scheme)
     if db_type is None:
