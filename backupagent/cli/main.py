@@ -36,6 +36,7 @@ COMMANDS: Dict[str, Tuple[str, str, str]] = {
     "keygen": ("backupagent.cli.keygen", "keygen", "Create an age identity for encrypted backups."),
     "list": ("backupagent.cli.listing", "list_backups", "List the backups stored in a target."),
     "prune": ("backupagent.cli.prune", "prune", "Delete old backups by retention policy."),
+    "doctor": ("backupagent.cli.doctor", "doctor", "Check prerequisites and say how to fix each."),
 }
 
 
