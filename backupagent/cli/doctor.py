@@ -513,7 +513,7 @@ def _clock_skew(date_header: Optional[str], before: float, after: float) -> Chec
 # -- checks: config, tools, databases -----------------------------------------------------
 
 
-def load_config(ctx: DoctorContext, config_file: Optional[Path]) -> CheckResult:
+def load_config(ctx: DoctorContext, config_file: Optional[Path]) -> List[CheckResult]:
     from backupagent.config.load import LastGoodConfigCache, load_config_file
     from backupagent.errors import ConfigInvalid
 
@@ -521,26 +521,32 @@ def load_config(ctx: DoctorContext, config_file: Optional[Path]) -> CheckResult:
         try:
             _, ctx.config = load_config_file(config_file)
         except ConfigInvalid as exc:
-            return CheckResult(FAIL, "config", str(exc), f"fix {config_file}")
+            return [CheckResult(FAIL, "config", str(exc), f"fix {config_file}")]
         ctx.config_source = str(config_file)
     else:
         cached = LastGoodConfigCache(ctx.app.state_dir).load()
         if cached is None:
-            return CheckResult(
-                WARN,
-                "config",
-                f"no config yet (none cached in {ctx.app.state_dir}): database, target and "
-                "Docker checks are skipped",
-                "start the agent so it pulls its config, or pass --config-file",
-            )
+            return [
+                CheckResult(
+                    WARN,
+                    "config",
+                    f"no config yet (none cached in {ctx.app.state_dir}): database, target and "
+                    "Docker checks are skipped",
+                    "start the agent so it pulls its config, or pass --config-file",
+                )
+            ]
         ctx.config = cached[1]
         ctx.config_source = "cached last good config"
     c = ctx.config
-    return CheckResult(
-        OK,
-        "config",
-        f"{ctx.config_source}: {len(c.schedules)} schedules, {len(c.targets)} targets",
-    )
+    out = [
+        CheckResult(
+            OK,
+            "config",
+            f"{ctx.config_source}: {len(c.schedules)} schedule(s), {len(c.targets)} target(s)",
+        )
+    ]
+    out += [CheckResult(WARN, "config", warning) for warning in c.warnings]
+    return out
 
 
 _TOOL_HINTS = {
