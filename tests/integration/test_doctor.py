@@ -457,23 +457,40 @@ def test_age_identity_permissions_and_recipients(host: Host) -> None:
     assert check["status"] == "warn" and "cannot decrypt" in check["detail"]
 
 
-def test_docker_unreachable_when_verification_is_on(host: Host) -> None:
+def _verifying_config(host: Host) -> Path:
     ref = {"id": "d", "dbType": "sqlite", "databaseName": "/x.db"}
-    cfg = host.write_config_file(
+    return host.write_config_file(
         config(
             [schedule("s1", "t", ref, verification={"enabled": True})],
             [{"id": "t", "type": "local", "path": str(host.root)}],
         )
     )
-    env_sock = host.root / "no-docker.sock"
-    os.environ["DOCKER_HOST"] = f"unix://{env_sock}"
-    try:
-        report = host.doctor_json("--config-file", str(cfg), "--timeout", "10")
-    finally:
-        del os.environ["DOCKER_HOST"]
+
+
+def test_docker_unreachable_when_verification_is_on(
+    host: Host, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = _verifying_config(host)
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{host.root / 'no-docker.sock'}")
+    report = host.doctor_json("--config-file", str(cfg), "--timeout", "10")
     check = report.get("docker")
-    assert check["status"] == "fail"
-    assert "Docker" in check["detail"] or "docker" in check["detail"]
+    assert check["status"] == "fail", check
+    assert "cannot reach the Docker engine" in check["detail"]
+    assert report.rc == 1
+
+
+def test_docker_reachable_and_socket_warning(host: Host, docker_engine: Any) -> None:
+    cfg = _verifying_config(host)
+    report = host.doctor_json("--config-file", str(cfg))
+    check = report.get("docker")
+    assert check["status"] == "ok", check
+    assert "reachable" in check["detail"]
+    if "docker socket" in report.names():  # a unix socket (not tcp://)
+        sock = report.get("docker socket")
+        assert sock["status"] == "info" and "root-equivalent" in sock["detail"]
+        res = host.doctor("--json", "--user", "nobody", "--config-file", str(cfg))
+        sock = next(c for c in json.loads(res.stdout)["checks"] if c["check"] == "docker socket")
+        assert sock["status"] == "fail" and "usermod -aG" in sock["fix"]
 
 
 class _SkewedHandler(BaseHTTPRequestHandler):
