@@ -141,6 +141,7 @@ def _recover(
         journal.end(entry.job_id)
     if not others_running:
         _sweep_spool(spool, report)
+        _sweep_local_targets(settings, config, report)
     if docker and candidates:
         # Without an interrupted job, the daemon's own start-up sweep is enough.
         _remove_containers(list(candidates), others_running, report)
@@ -267,12 +268,36 @@ def _clean_target(
         if entry.object_key:
             committed = _orphan_object(target, entry.object_key, report)
         if hasattr(target, "cleanup_partials"):
-            _local_partials(target, entry, others_running, report)
+            _local_partials(target, entry, report)
         if hasattr(target, "abort_incomplete_uploads"):
             _s3_uploads(target, entry, settings, config, others_running, report)
     except Exception as exc:
         report.problems.append(f"job {entry.job_id}: cleaning target {entry.target_id!r}: {exc}")
     return committed
+
+
+def _sweep_local_targets(settings: Any, config: Any, report: RecoveryReport) -> None:
+    """No job runs: every partial file below this host's directory of a local
+    target is left over from a run that did not finish (whatever recorded it or
+    not). Other hosts' directories are never touched: a target directory may be
+    shared (NFS), and their uploads may be running."""
+    if config is None:
+        return
+    from backupagent.targets.keys import sanitize_segment
+    from backupagent.targets.local import LocalTarget
+
+    host = sanitize_segment(getattr(settings, "hostname", None) or socket.gethostname())
+    for target in getattr(config, "targets", ()):
+        local = getattr(target, "local", None)
+        if target.type != "local" or local is None or not local.path:
+            continue
+        host_root = Path(os.path.realpath(local.path)) / host
+        if not host_root.is_dir() or host_root.is_symlink():
+            continue
+        try:
+            report.partials_removed += int(LocalTarget(host_root).cleanup_partials(0))
+        except Exception as exc:
+            report.problems.append(f"target {target.id!r}: removing partial files: {exc}")
 
 
 def _orphan_object(target: Any, key: str, report: RecoveryReport) -> Optional[str]:
@@ -287,9 +312,7 @@ def _orphan_object(target: Any, key: str, report: RecoveryReport) -> Optional[st
     return None
 
 
-def _local_partials(
-    target: Any, entry: JournalEntry, others_running: bool, report: RecoveryReport
-) -> None:
+def _local_partials(target: Any, entry: JournalEntry, report: RecoveryReport) -> None:
     root = Path(target.root)
     if not root.is_dir():
         return
@@ -309,9 +332,6 @@ def _local_partials(
                     report.partials_removed += 1
                 except FileNotFoundError:
                     continue
-    if not others_running:
-        # No job runs anywhere: every partial file is left over from a crash.
-        report.partials_removed += int(target.cleanup_partials(0))
 
 
 def _s3_uploads(

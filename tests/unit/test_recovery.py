@@ -230,3 +230,23 @@ def test_recovery_survives_a_missing_target_and_config(tmp_path: Path, settings:
     job2 = reporter.start_job(JobStartRequest(databaseId="db-1", targetId="tgt-1"))
     _journal_dead(settings, job2)
     assert recover(settings, reporter, None, docker=False).interrupted == [job2]
+
+
+def test_with_nothing_running_stray_partials_of_this_host_go_other_hosts_stay(
+    tmp_path: Path, settings: Settings
+) -> None:
+    backups = tmp_path / "backups"
+    mine = backups / "h1" / "postgresql" / "app" / ".x.dump.zst.partial-aaaaaaaaaaaa"
+    theirs = backups / "h2" / "postgresql" / "app" / ".y.dump.zst.partial-bbbbbbbbbbbb"
+    for p in (mine, theirs):
+        p.parent.mkdir(parents=True)
+        p.write_bytes(b"half")
+    reporter = LocalReporter(settings.state_dir)
+    live = reporter.start_job(JobStartRequest(databaseId="db-1", targetId="tgt-1"))
+    JobJournal(settings.state_dir).begin(live, target_id="tgt-1")  # this process: running
+    recover(settings, reporter, _config(backups), docker=False)
+    assert mine.exists()  # a job runs: it might be its upload
+    JobJournal(settings.state_dir).end(live)
+    report = recover(settings, reporter, _config(backups), docker=False)
+    assert not mine.exists() and theirs.exists()
+    assert report.partials_removed == 1 and report.interrupted == []
