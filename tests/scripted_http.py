@@ -12,7 +12,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 
 @dataclass
@@ -38,6 +38,9 @@ class ScriptedServer:
     def __init__(self) -> None:
         self.replies: List[Reply] = []
         self.default: Optional[Reply] = None
+        # Answers by request when the script is empty (e.g. routing a daemon's
+        # heartbeats, config pulls and job calls); None falls through to default.
+        self.responder: Optional[Callable[[Seen], Optional[Reply]]] = None
         self.seen: List[Seen] = []
         self._lock = threading.Lock()
         outer = self
@@ -49,9 +52,15 @@ class ScriptedServer:
             def _serve(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
+                seen = Seen(self.command, self.path, dict(self.headers), body)
                 with outer._lock:
-                    outer.seen.append(Seen(self.command, self.path, dict(self.headers), body))
-                    reply = outer.replies.pop(0) if outer.replies else outer.default
+                    outer.seen.append(seen)
+                    reply = outer.replies.pop(0) if outer.replies else None
+                    responder = outer.responder
+                if reply is None and responder is not None:
+                    reply = responder(seen)
+                if reply is None:
+                    reply = outer.default
                 if reply is None:
                     reply = Reply(500, {"error": "script_exhausted", "message": "no reply"})
                 if reply.delay:

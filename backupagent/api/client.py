@@ -49,6 +49,7 @@ API_PREFIX = "/api/v1/agent"
 CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 30.0
 MAX_RESPONSE_BYTES = 4 * 1024 * 1024  # a config is kilobytes; anything near this is wrong
+MAX_JOB_ID = 128  # a UUID is 36; the id also names the job's work dir
 
 
 def go_os() -> str:
@@ -164,7 +165,8 @@ class ApiClient:
         return data
 
     def start_job(self, req: JobStartRequest) -> str:
-        return _field(self._call("POST", "/jobs/start", to_json(req)), "jobId", str)
+        # The id names the job's work dir and goes into later URLs: refuse an odd one now.
+        return _segment(_field(self._call("POST", "/jobs/start", to_json(req)), "jobId", str))
 
     def update_job_status(self, job_id: str, update: JobStatusUpdate) -> bool:
         data = self._call("POST", f"/jobs/{_segment(job_id)}/status", to_json(update))
@@ -270,7 +272,7 @@ class ApiClient:
         if outcome is Outcome.OK:
             try:
                 return json.loads(raw.decode("utf-8")) if raw else {}
-            except (UnicodeDecodeError, json.JSONDecodeError):
+            except (ValueError, RecursionError):  # bad UTF-8/JSON, 5000-digit number, deep nesting
                 raise ApiError(
                     f"{method} {path}: the server sent a body that is not JSON",
                     status=resp.status_code,
@@ -306,7 +308,7 @@ def _read_limited(resp: requests.Response) -> bytes:
 def _server_error(raw: bytes) -> tuple[Optional[str], Optional[str]]:
     try:
         data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (ValueError, RecursionError):
         text = raw[:200].decode("utf-8", "replace").strip()
         return None, text or None
     if isinstance(data, dict):
@@ -333,8 +335,14 @@ def _field(data: Any, name: str, kind: type) -> Any:
 
 def _segment(job_id: str) -> str:
     """A job id from the server goes into a URL path: refuse anything odd."""
-    if not job_id or any(not (c.isalnum() or c in "-_.") for c in job_id) or job_id in (".", ".."):
-        raise ApiError(f"job id {job_id!r} is not a safe path segment")
+    if (
+        not job_id
+        or len(job_id) > MAX_JOB_ID
+        or any(not (c.isascii() and (c.isalnum() or c in "-_.")) for c in job_id)
+        or job_id in (".", "..")
+    ):
+        shown = repr(job_id[:80]) + (f" ({len(job_id)} characters)" if len(job_id) > 80 else "")
+        raise ApiError(f"job id {shown} is not a safe path segment")
     return job_id
 
 
