@@ -229,7 +229,7 @@ class Metrics:
         try:
             with self._lock:
                 if ok:
-                    self._heartbeat["lastSuccess"] = self._clock()
+                    self._heartbeat["lastSuccess"] = round(self._clock(), 3)
                 else:
                     self._heartbeat["failuresTotal"] = (
                         int(self._heartbeat.get("failuresTotal") or 0) + 1
@@ -243,7 +243,7 @@ class Metrics:
     def _apply_backup(
         self, database: str, db_type: str, result: Any, duration_seconds: Optional[float]
     ) -> None:
-        now = self._clock()
+        now = round(self._clock(), 3)
         key = (_clean_label(database), _clean_label(db_type))
         entry = self._backups.setdefault(key, {"failuresTotal": 0})
         details = getattr(result, "details", None) or {}
@@ -254,7 +254,7 @@ class Metrics:
         if duration_ms is not None:
             entry["durationSeconds"] = duration_ms / 1000.0
         elif _number(duration_seconds) is not None:
-            entry["durationSeconds"] = float(duration_seconds)  # type: ignore[arg-type]
+            entry["durationSeconds"] = round(float(duration_seconds), 3)  # type: ignore[arg-type]
         if ok:
             entry["lastSuccess"] = now
             for field, name in (("dumpBytes", "dumpSize"), ("storedBytes", "storedSize")):

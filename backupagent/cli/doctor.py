@@ -24,7 +24,7 @@ import shutil
 import stat
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -1000,7 +1000,16 @@ def doctor(
         emit_json(
             {
                 "ok": not failed,
-                "checks": [{**asdict(r), "status": r.status.lower()} for r in results],
+                "checks": [
+                    {
+                        "status": r.status.lower(),
+                        "check": r.check,
+                        "detail": r.detail,
+                        "fix": r.fix,
+                        "durationMs": r.duration_ms,
+                    }
+                    for r in results
+                ],
             }
         )
     else:
