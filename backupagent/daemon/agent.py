@@ -31,6 +31,7 @@ from backupagent.errors import AgentError, ConfigInvalid
 from backupagent.exitcodes import ExitCode
 from backupagent.jobs.result import CancelToken, JobResult, JobRunner
 from backupagent.logs import utc_timestamp
+from backupagent.metrics import Metrics
 from backupagent.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ class Daemon:
         self.interval = heartbeat_interval or settings.heartbeat_interval
         settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
         self.state = AgentState(settings.state_dir)
+        self.metrics = Metrics.from_settings(settings)
         self.cache = LastGoodConfigCache(settings.state_dir)
         self.config: Optional[AgentConfig] = None
         self.config_hash = EMPTY_HASH
@@ -182,6 +184,7 @@ class Daemon:
             self._reload_file()
             return
         changed = self.heartbeater.beat(self.config_hash)
+        self.metrics.record_heartbeat(changed is not None)
         if changed or (self._need_sync and changed is not None):
             self.sync_config()
 
@@ -206,6 +209,7 @@ class Daemon:
         with self._running_lock:
             self._running[schedule.id] = token
         started = utc_timestamp()
+        t0 = time.monotonic()
         config = self.config
         try:
             result = self.runner(schedule, config, token)
@@ -223,6 +227,10 @@ class Daemon:
             status=result.status,
             job_id=result.job_id,
             error=result.error_message,
+        )
+        db = schedule.database
+        self.metrics.record_backup(
+            db.database_name, db.db_type, result, duration_seconds=time.monotonic() - t0
         )
         return result
 

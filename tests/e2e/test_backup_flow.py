@@ -159,6 +159,9 @@ def test_failed_dump_is_reported_failed_and_commits_nothing(
 
 def test_standalone_run_records_jobs_locally(agent: Agent, pg_database, tmp_path: Path) -> None:
     _write_credentials(agent, pg_database)
+    metrics = tmp_path / "textfile" / "backupagent.prom"
+    metrics.parent.mkdir()
+    (agent.config_dir / "agent.yaml").write_text(f"metricsFile: {metrics}\n")
     cfg = tmp_path / "backups.yaml"
     cfg.write_text(yaml.safe_dump(_config(pg_database, tmp_path / "backups", [])))
     res = agent.cli("run", "--once", "--config-file", str(cfg))
@@ -176,6 +179,10 @@ def test_standalone_run_records_jobs_locally(agent: Agent, pg_database, tmp_path
     assert any("UNENCRYPTED" in line["message"] for line in doc["logs"])
     listing = json.loads(agent.cli("list", f"file://{tmp_path / 'backups'}", "--json").stdout)
     assert len(listing["backups"]) == 1 and not listing["backups"][0]["encrypted"]
+    text = metrics.read_text()
+    label = f'database="{pg_database.name}",db_type="postgresql"'
+    assert f"backupagent_backup_last_status{{{label}}} 1" in text, text
+    assert f"backupagent_backup_last_success_timestamp_seconds{{{label}}}" in text
 
 
 def test_truncated_table_is_an_anomaly_reported_and_alerted(
