@@ -288,14 +288,17 @@ class ManagedContainer:
                     log.debug("kill %s: %s", self.id[:12], exc)
                 return
 
+    def _timeout_error(self) -> VerifyError:
+        return VerifyError(
+            f"verification exceeded its {self.timeout:.0f}s limit; the container was "
+            "killed (raise the verification timeout for big databases)",
+            code=VERIFY_TIMEOUT,
+        )
+
     def check_alive(self) -> None:
         """Raise the timeout/cancel error if the watchdog has fired."""
         if self.stopped == "timeout":
-            raise VerifyError(
-                f"verification exceeded its {self.timeout:.0f}s limit; the container was "
-                "killed (raise the verification timeout for big databases)",
-                code=VERIFY_TIMEOUT,
-            )
+            raise self._timeout_error()
         if self.stopped == "cancel":
             reason = getattr(self.cancel, "reason", "CANCELLED")
             raise VerifyError(f"verification cancelled ({reason})", code=VERIFY_CANCELLED)
@@ -473,6 +476,10 @@ class ManagedContainer:
                 last = str(exc)
             if time.monotonic() >= limit:
                 self.check_alive()
+                if time.monotonic() >= self.deadline:
+                    # The overall limit, not the readiness one: the watchdog
+                    # may not have polled yet, but this is the timeout.
+                    raise self._timeout_error()
                 raise VerifyError(
                     f"{what} in container {self.id[:12]} ({self.image}) was not ready after "
                     f"{timeout:.0f}s (last probe: {last or 'no output'}); its log ends "
