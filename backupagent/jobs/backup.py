@@ -235,9 +235,22 @@ def run_backup(
         return JobResult(status="failed", job_id=job_id, error_code=code, error_message=message)
     _apply_retention(spec, key, joblog)
     if spec.verification is not None and spec.verification.enabled:
-        outcome.details["verification"] = _verify(
-            spec, reporter, joblog, job_id, label, outcome.details, snapshot, cancel, spool_path
-        )
+        try:
+            outcome.details["verification"] = _verify(
+                spec,
+                reporter,
+                joblog,
+                job_id,
+                label,
+                outcome.details,
+                snapshot,
+                cancel,
+                spool_path,
+            )
+        except Exception as exc:  # the backup is committed and reported: keep it so
+            log.exception("verification of job %s crashed", job_id)
+            joblog.add("error", f"verification could not run: {exc}")
+            outcome.details["verification"] = "error"
     shutil.rmtree(workdir, ignore_errors=True)
     _after_backup(spec, reporter, joblog, job_id, label, outcome.details, plan.row_counts, snapshot)
     joblog.flush()
