@@ -108,7 +108,9 @@ class ApiGuard:
                 "payload_too_large",
                 f"request body exceeds {self.max_body} bytes (1 MiB)",
             )
-        if scope["method"] == "POST" and scope["path"].startswith(API_PREFIX):
+        # /config is GET-only: a POST there is a 405 from routing, not a 415
+        post_route = scope["path"].startswith(API_PREFIX) and scope["path"] != API_PREFIX + "config"
+        if scope["method"] == "POST" and post_route:
             media = (_header(headers, "content-type") or "").split(";")[0].strip().lower()
             if media != "application/json":
                 return (
