@@ -92,11 +92,11 @@ class Daemon:
 
     # -- config ---------------------------------------------------------------
 
-    def apply_config(self, raw: Any, source: str) -> bool:
+    def apply_config(self, raw: Any, source: str, parsed: Optional[AgentConfig] = None) -> bool:
         """Validate and apply a config document; an invalid one changes nothing."""
         new_hash = config_hash(raw)
         try:
-            parsed = parse_config(raw, source=source)
+            parsed = parsed or parse_config(raw, source=source)
         except ConfigInvalid as exc:
             # The same bad document comes back on every configChanged: say it
             # loudly once, then quietly until it changes.
@@ -162,7 +162,7 @@ class Daemon:
             return True
         self._config_mtime = mtime
         try:
-            raw, _ = load_config_file(self.config_file)
+            raw, parsed = load_config_file(self.config_file)
         except ConfigInvalid as exc:
             log.error(
                 "rejected config file %s, keeping the last good one: %s",
@@ -174,7 +174,7 @@ class Daemon:
         except AgentError as exc:
             log.error("%s", exc)
             return False
-        return self.apply_config(raw, str(self.config_file))
+        return self.apply_config(raw, str(self.config_file), parsed)
 
     # -- heartbeat ------------------------------------------------------------
 
