@@ -98,6 +98,9 @@ def backup(
         progress.done()
         fail(ExitCode.INTERRUPTED, "interrupted: the partial backup was discarded")
     progress.done()
+    from backupagent.jobs.runner import close_reporter
+
+    close_reporter(reporter, timeout=5.0)
     if spec.alerts is not None:
         spec.alerts.close(timeout=30)
     if schedule_id is not None:

@@ -91,7 +91,9 @@ def run(
                 return None
 
     try:
-        runner = build_runner(settings, api=api, standalone=config_file is not None)
+        runner = build_runner(
+            settings, api=api, standalone=config_file is not None, reload_api=reload_api
+        )
         daemon = Daemon(
             settings,
             runner,

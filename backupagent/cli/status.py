@@ -17,6 +17,7 @@ def collect_status(app: AppContext) -> Dict[str, Any]:
     from backupagent.config.load import LastGoodConfigCache
     from backupagent.daemon import schedules
     from backupagent.daemon.state import AgentState
+    from backupagent.report.outbox import read_backlog
 
     settings = app.settings()
     state = AgentState(settings.state_dir).snapshot() if settings.state_dir.exists() else {}
@@ -50,6 +51,7 @@ def collect_status(app: AppContext) -> Dict[str, Any]:
         "lastSuccessfulHeartbeat": state.get("lastHeartbeatOk"),
         "lastConfig": state.get("lastConfig"),
         "schedules": rows,
+        "outbox": read_backlog(settings.state_dir) if settings.state_dir.exists() else None,
     }
 
 
@@ -73,6 +75,20 @@ def status(app: AppContext, as_json: bool) -> None:
             click.echo(f"Last good beat:  {info['lastSuccessfulHeartbeat']}")
     else:
         click.echo("Last heartbeat:  never")
+    outbox = info["outbox"]
+    if outbox and outbox.get("pending"):
+        age = outbox.get("oldestAgeSeconds") or 0
+        click.echo(
+            f"Outbox:          {outbox['pending']} report(s) waiting for the control "
+            f"plane (oldest {age:.0f}s)"
+            + (
+                f", {outbox['droppedLogLines']} log lines dropped"
+                if outbox.get("droppedLogLines")
+                else ""
+            )
+        )
+    elif outbox is not None:
+        click.echo("Outbox:          empty (every report delivered)")
     cfg = info["lastConfig"]
     if cfg:
         click.echo(f"Config:          {cfg['hash'][:12]} from {cfg['source']} at {cfg['at']}")

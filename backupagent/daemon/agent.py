@@ -369,8 +369,18 @@ class Daemon:
             self.tick()
             if self._need_sync:
                 log.warning("could not pull the config; using the last good one")
+        self._recover()
         self._remove_leftover_containers()
         return True
+
+    def _recover(self) -> None:
+        """Report and clean up jobs a crash interrupted, before any job starts."""
+        reporter = getattr(self.runner, "reporter", None)
+        if reporter is None:
+            return
+        from backupagent.jobs.recovery import recover
+
+        recover(self.settings, reporter, self.config)
 
     def _shutdown(self) -> None:
         if self.scheduler.running:

@@ -48,6 +48,7 @@ class BackupSpec:
     alerts: Any = None  # alerts.AlertDispatcher
     verification: Any = None  # config.model.Verification, or None
     settings_extra: Dict[str, Any] = field(default_factory=dict)  # host settings (images, key)
+    journal: Any = None  # jobs.journal.JobJournal: what to clean up after a crash
 
 
 class _Stages:
@@ -98,6 +99,14 @@ def run_backup(
             prefix=f"job-{job_id[:36]}-", dir=str(spec.spool_dir) if spec.spool_dir else None
         )
     )
+    if spec.journal is not None:
+        spec.journal.begin(
+            job_id,
+            schedule_id=spec.schedule_id,
+            database_id=spec.database_id,
+            target_id=spec.target_id,
+            workdir=workdir,
+        )
     try:
         engine = get_engine(conn.db_type)
         server_version = engine.server_version(conn)
@@ -112,6 +121,8 @@ def run_backup(
             job_id,
             _extension(engine.file_extension, spec.recipients),
         )
+        if spec.journal is not None:
+            spec.journal.update(job_id, object_key=key)
         with engine.prepare_dump(conn, workdir) as plan:
             snapshot = _schema_snapshot(engine, conn, joblog)
             if plan.row_counts:
@@ -185,6 +196,8 @@ def run_backup(
                 durationMs=duration_ms,
             ),
         )
+        if spec.journal is not None:
+            spec.journal.end(job_id)
         log.info(
             "backup %s completed: %s",
             label,
@@ -217,6 +230,8 @@ def run_backup(
                 status="failed", errorCode=code, errorMessage=message, durationMs=duration_ms
             ),
         )
+        if spec.journal is not None:
+            spec.journal.end(job_id)
         log.error("backup %s failed (%s): %s", label, code, message, extra={"jobId": job_id})
         if spec.alerts is not None:
             spec.alerts.notify(

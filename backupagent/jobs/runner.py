@@ -22,11 +22,15 @@ from backupagent.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def make_reporter(settings: Settings, api: Any) -> Reporter:
+def make_reporter(settings: Settings, api: Any, reload_api: Any = None) -> Reporter:
     if api is not None:
-        from backupagent.report.api import ApiReporter
+        from backupagent.report.outbox import OutboxReporter
 
-        return ApiReporter(api)
+        outbox = OutboxReporter(
+            settings.state_dir, api, reload_api=reload_api, key_file=settings.api_key_file
+        )
+        outbox.start()
+        return outbox
     from backupagent.report.local import LocalReporter
 
     return LocalReporter(settings.state_dir)
@@ -68,17 +72,33 @@ class ScheduleRunner:
             return result
         return run_backup(spec, self.reporter, cancel)
 
-    def close(self, timeout: float = 30.0) -> None:
-        """Deliver queued alerts before the process exits."""
+    def close(self, timeout: float = 10.0) -> None:
+        """Deliver queued alerts and reports before the process exits (what the
+        outbox cannot deliver now stays queued for the next start)."""
         self.alerts.close(timeout=timeout)
+        close_reporter(self.reporter, timeout)
 
 
-def build_runner(settings: Settings, *, api: Any = None, standalone: bool = False) -> JobRunner:
-    return ScheduleRunner(settings, make_reporter(settings, None if standalone else api))
+def close_reporter(reporter: Any, timeout: float = 10.0) -> None:
+    """Give the outbox a last chance to deliver, then stop it (what stays queued
+    is delivered by the next start)."""
+    flush = getattr(reporter, "flush", None)
+    if flush is not None:
+        flush(timeout=timeout)
+        reporter.close()
+
+
+def build_runner(
+    settings: Settings, *, api: Any = None, standalone: bool = False, reload_api: Any = None
+) -> JobRunner:
+    return ScheduleRunner(
+        settings, make_reporter(settings, None if standalone else api, reload_api)
+    )
 
 
 def resolve_schedule(settings: Settings, schedule: Any, config: Any) -> dict:
     from backupagent.engines.credentials import resolve_connection
+    from backupagent.jobs.journal import JobJournal
     from backupagent.targets.registry import target_from_config
 
     target_cfg = config.target(schedule.target_id)
@@ -97,6 +117,7 @@ def resolve_schedule(settings: Settings, schedule: Any, config: Any) -> dict:
         "spool_dir": spool,
         "verification": schedule.verification,
         "settings_extra": settings.extra,
+        "journal": JobJournal(settings.state_dir),
     }
 
 

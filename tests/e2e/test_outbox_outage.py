@@ -4,26 +4,23 @@ The control plane's port closes; ``backupagent backup --schedule`` still backs
 up (exit 0) and queues its reports; when the control plane is back, the next
 ``backupagent run --once`` delivers every status and log line, in order,
 under the server's job id. Needs the outbox wired into the CLI and daemon
-(``jobs.runner.make_reporter``); until then a strict xfail.
+(``jobs.runner.make_reporter``).
 """
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 from typing import Any, Dict, List
 
 import pytest
 import yaml
 
-from backupagent.jobs import runner
 from backupagent.report.outbox import read_backlog
 from tests.e2e.conftest import Agent
 from tests.integration.test_outbox_controlplane import serve
 from tests.servers import free_port
 
 pytestmark = pytest.mark.e2e
-WIRED = "OutboxReporter" in inspect.getsource(runner.make_reporter)
 
 
 def _config(pg: Any, backups: Path) -> Dict[str, Any]:
@@ -48,11 +45,6 @@ def _config(pg: Any, backups: Path) -> Dict[str, Any]:
     }
 
 
-@pytest.mark.xfail(
-    not WIRED,
-    strict=True,
-    reason="needs the OutboxReporter wired into jobs.runner.make_reporter (issue 6)",
-)
 def test_backup_during_an_outage_is_delivered_whole_when_the_control_plane_returns(
     agent: Agent, pg_database: Any, tmp_path: Path
 ) -> None:

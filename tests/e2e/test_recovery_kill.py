@@ -4,8 +4,7 @@ real control plane and nothing partial is left in the spool, the target or S3.
 The agent process is real and its backup is a real, slow PostgreSQL backup
 (the same recipe as test_shutdown.py). Two ways to run it:
 
-- ``backupagent run --once`` (the CLI as shipped): this needs the outbox wired
-  into ``jobs.runner.make_reporter``; until then the test is a strict xfail;
+- ``backupagent run --once`` (the CLI as shipped);
 - a worker process (``python -m tests.e2e.test_recovery_kill``) that runs the
   same job code (``resolve_schedule`` + ``run_backup``) with the
   ``OutboxReporter``, so recovery is proven independently of the wiring.
@@ -13,7 +12,6 @@ The agent process is real and its backup is a real, slow PostgreSQL backup
 
 from __future__ import annotations
 
-import inspect
 import os
 import signal
 import subprocess
@@ -28,7 +26,6 @@ from backupagent.api.client import ApiClient
 from backupagent.api.retry import RetryPolicy
 from backupagent.config.parse import parse_config
 from backupagent.controlplane.testing import ServerHandle
-from backupagent.jobs import runner
 from backupagent.jobs.journal import JobJournal
 from backupagent.jobs.recovery import INTERRUPTED, recover
 from backupagent.report.outbox import OutboxReporter
@@ -37,7 +34,6 @@ from tests.e2e.conftest import Agent, wait_until
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
-WIRED = "OutboxReporter" in inspect.getsource(runner.make_reporter)
 FAST = RetryPolicy(base=0.05, cap=0.5)
 
 
@@ -182,11 +178,6 @@ def test_kill9_mid_backup_worker_then_recovery_reports_interrupted(
     assert report.partials_removed >= 1 and report.removed_paths
 
 
-@pytest.mark.xfail(
-    not WIRED,
-    strict=True,
-    reason="needs the OutboxReporter wired into jobs.runner.make_reporter (issue 6)",
-)
 def test_kill9_mid_backup_of_the_real_cli_then_recovery_reports_interrupted(
     agent: Agent, controlplane: ServerHandle, pg_database: Any, tmp_path: Path
 ) -> None:
