@@ -30,6 +30,7 @@ API_KEY_FILE = "api-key"
 DEFAULT_HEARTBEAT_INTERVAL = 60.0
 DEFAULT_MAX_CONCURRENT_JOBS = 1
 DEFAULT_SHUTDOWN_GRACE = 300.0
+DEFAULT_JOB_TIMEOUT = 6 * 3600.0  # a backup still running after 6 h is stuck, not slow
 
 
 @dataclass
@@ -46,6 +47,7 @@ class Settings:
     heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
     max_concurrent_jobs: int = DEFAULT_MAX_CONCURRENT_JOBS
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
+    job_timeout: float = DEFAULT_JOB_TIMEOUT
     extra: Dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -137,6 +139,7 @@ def load_settings(config_dir: os.PathLike | str, state_dir: os.PathLike | str) -
         heartbeat_interval=_as_float(raw, "heartbeatInterval", DEFAULT_HEARTBEAT_INTERVAL, path),
         max_concurrent_jobs=max_jobs,
         shutdown_grace=_as_float(raw, "shutdownGrace", DEFAULT_SHUTDOWN_GRACE, path),
+        job_timeout=_as_float(raw, "jobTimeout", DEFAULT_JOB_TIMEOUT, path),
         extra={k: v for k, v in raw.items() if k not in known},
     )
 

@@ -15,6 +15,7 @@ import datetime as dt
 import logging
 import shutil
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,7 @@ class BackupSpec:
     verification: Any = None  # config.model.Verification, or None
     settings_extra: Dict[str, Any] = field(default_factory=dict)  # host settings (images, key)
     journal: Any = None  # jobs.journal.JobJournal: what to clean up after a crash
+    timeout: Optional[float] = None  # seconds; past it the job is cancelled as TIMEOUT
 
 
 class _Stages:
@@ -69,13 +71,29 @@ class _Stages:
 def run_backup(
     spec: BackupSpec, reporter: Reporter, cancel: Optional[CancelToken] = None, progress: Any = None
 ) -> JobResult:
+    """Run one backup; with ``spec.timeout`` a timer cancels it as TIMEOUT."""
+    cancel = cancel or CancelToken()
+    timer = None
+    if spec.timeout:
+        timer = threading.Timer(spec.timeout, cancel.cancel, args=("TIMEOUT",))
+        timer.daemon = True
+        timer.start()
+    try:
+        return _run_backup(spec, reporter, cancel, progress)
+    finally:
+        if timer is not None:
+            timer.cancel()
+
+
+def _run_backup(
+    spec: BackupSpec, reporter: Reporter, cancel: CancelToken, progress: Any
+) -> JobResult:
     from backupagent.engines.registry import get_engine
     from backupagent.pipeline.manifest import build_manifest
     from backupagent.pipeline.run import run_backup_pipeline
     from backupagent.pipeline.source import FileSource, ProcessSource
     from backupagent.targets.keys import manifest_key, object_key
 
-    cancel = cancel or CancelToken()
     started = time.monotonic()
     started_at = dt.datetime.now(dt.timezone.utc)
     job_id = reporter.start_job(
@@ -301,6 +319,11 @@ def _abort(writer: Any) -> None:
 
 
 def _failure(exc: BaseException, cancel: CancelToken) -> tuple[str, str]:
+    if cancel.cancelled and cancel.reason == "TIMEOUT":
+        return "TIMEOUT", (
+            "backup stopped: it ran past the job time limit (jobTimeout in "
+            "agent.yaml); the partial backup was discarded"
+        )
     if cancel.cancelled:
         return cancel.reason, redact(f"backup {cancel.reason.lower()}: {exc}")
     if isinstance(exc, AgentError):

@@ -118,6 +118,7 @@ def resolve_schedule(settings: Settings, schedule: Any, config: Any) -> dict:
         "verification": schedule.verification,
         "settings_extra": settings.extra,
         "journal": JobJournal(settings.state_dir),
+        "timeout": settings.job_timeout,
     }
 
 

@@ -111,3 +111,17 @@ def test_second_signal_cancels_and_leaves_nothing(
     assert final["status"] == "failed" and final["errorCode"] == "CANCELLED"
     assert _stored(tmp_path) == []  # no partial object, no temp file
     assert not list((agent.state_dir / "spool").glob("*"))
+
+
+def test_job_timeout_stops_the_backup_as_timeout(
+    agent: Agent, slow_backup_config: Path, tmp_path: Path
+) -> None:
+    (agent.config_dir / "agent.yaml").write_text("jobTimeout: 3\n")
+    started = time.monotonic()
+    proc = agent.start("run", "--once", "--config-file", str(slow_backup_config))
+    assert proc.wait(timeout=120) == 1
+    assert time.monotonic() - started < 60
+    final = _job_record(agent)["statuses"][-1]
+    assert final["status"] == "failed" and final["errorCode"] == "TIMEOUT"
+    assert "jobTimeout" in final["errorMessage"]
+    assert _stored(tmp_path) == []
