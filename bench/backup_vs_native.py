@@ -531,6 +531,15 @@ def summarize(results: Dict[str, List[dict]]) -> Dict[str, Any]:
                 for k in rs[0]["stages_ms"]
             }
             summ[name]["median_agent_duration_ms"] = med(rs, "agent_duration_ms")
+            # where the agent's time goes outside the stream: before pg_dump
+            # starts (versions, snapshot, exact counts, schema) and after it
+            # (commit, manifest), and the interpreter's start-up and exit
+            summ[name]["median_job_outside_pipeline_ms"] = statistics.median(
+                r["agent_duration_ms"] - r["stages_ms"].get("total", 0) for r in rs
+            )
+            summ[name]["median_process_overhead_ms"] = statistics.median(
+                r["wall_s"] * 1000 - r["agent_duration_ms"] for r in rs
+            )
     pairs = [
         ("local", "agent_local", "native_local"),
         ("s3_vs_file_upload", "agent_s3", "native_s3_file"),
@@ -569,7 +578,9 @@ def print_table(summ: Dict[str, Any], meta: Dict[str, Any]) -> None:
     for name, s in summ.items():
         if name.startswith("agent"):
             print(f"  {name} stages (median ms): {s['median_stages_ms']}, "
-                  f"job {s['median_agent_duration_ms']:.0f} ms")  # fmt: skip
+                  f"job {s['median_agent_duration_ms']:.0f} ms, of which outside the stream "
+                  f"{s['median_job_outside_pipeline_ms']:.0f} ms; process start/exit "
+                  f"{s['median_process_overhead_ms']:.0f} ms")  # fmt: skip
     for label, r in summ["ratios"].items():
         print(
             f"ratio agent/native {label:18s}: median {r['median']:.3f}, best-of "
