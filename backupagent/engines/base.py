@@ -297,11 +297,31 @@ class DumpPlan:
         self.argv: List[str] = list(argv or [])
         self.env: Dict[str, str] = dict(env if env is not None else os.environ)
         self.source_file = source_file
-        self.row_counts: Dict[str, int] = dict(row_counts or {})
+        self._row_counts: Dict[str, int] = dict(row_counts or {})
+        self._pending_counts: Optional[Callable[[], Dict[str, int]]] = None
         self.row_counts_exact = row_counts_exact
         self.extra: Dict[str, Any] = dict(extra or {})
         self._cleanups: List[Callable[[], None]] = list(cleanups or [])
         self.closed = False
+
+    @property
+    def row_counts(self) -> Dict[str, int]:
+        """Per-table row counts; waits for counts still being taken (see
+        ``defer_row_counts``) and raises their error if counting failed."""
+        if self._pending_counts is not None:
+            resolve, self._pending_counts = self._pending_counts, None
+            self._row_counts = dict(resolve())
+        return self._row_counts
+
+    @row_counts.setter
+    def row_counts(self, value: Dict[str, int]) -> None:
+        self._row_counts = dict(value)
+        self._pending_counts = None
+
+    def defer_row_counts(self, resolve: Callable[[], Dict[str, int]]) -> None:
+        """Counts taken concurrently with the dump: ``resolve`` blocks until
+        they are ready. Lets an engine count while the dump already streams."""
+        self._pending_counts = resolve
 
     def add_cleanup(self, func: Callable[[], None]) -> None:
         self._cleanups.append(func)
@@ -330,7 +350,7 @@ class DumpPlan:
     def __repr__(self) -> str:
         return (
             f"DumpPlan(argv={self.argv!r}, source_file={self.source_file!r}, "
-            f"row_counts_exact={self.row_counts_exact}, tables={len(self.row_counts)})"
+            f"row_counts_exact={self.row_counts_exact}, tables={len(self._row_counts)})"
         )
 
 

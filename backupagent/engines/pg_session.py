@@ -93,6 +93,11 @@ class PsqlSession:
                 return b"".join(lines).decode("utf-8").rstrip("\n")
             lines.append(line)
 
+    def kill(self) -> None:
+        """End the session at once, even mid-query (the server rolls back)."""
+        if self._proc.poll() is None:
+            self._proc.kill()
+
     def close(self, timeout: float = 30.0) -> Optional[int]:
         """Roll back whatever is open and end the process; safe to call twice."""
         proc = self._proc

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import threading
 from functools import cache
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -339,11 +340,10 @@ class PostgresEngine:
             session.query("SET idle_in_transaction_session_timeout = 0")
             session.query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             snapshot = session.query("SELECT pg_export_snapshot()").strip()
-            counts = json.loads(session.query(COUNT_SQL))
+            self._count_concurrently(plan, conn, env, snapshot, on_error)
         except BaseException:
             plan.close()
             raise
-        plan.row_counts = {k: int(v) for k, v in counts.items()}
         plan.argv = [
             pg_dump,
             "--format=custom",
@@ -359,6 +359,54 @@ class PostgresEngine:
             "rowCountsSource": "same snapshot as the dump (exact)",
         }
         return plan
+
+    def _count_concurrently(
+        self,
+        plan: DumpPlan,
+        conn: ConnectionSpec,
+        env: Dict[str, str],
+        snapshot: str,
+        on_error: Any,
+    ) -> None:
+        """Exact row counts in the dump's own snapshot, taken while pg_dump runs.
+
+        A second session imports the exported snapshot (``SET TRANSACTION
+        SNAPSHOT``), so the counts are of exactly the rows pg_dump sees; doing
+        it concurrently keeps a full scan of every table off the backup's
+        critical path. The exporting session stays open (plan cleanup) until
+        the dump is done, so the snapshot stays importable.
+        """
+        counter = PsqlSession(
+            self.psql_path(), conninfo(conn, client_encoding="UTF8"), env, on_error
+        )
+        box: Dict[str, Any] = {}
+
+        def count() -> None:
+            try:
+                counter.query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                counter.query(f"SET TRANSACTION SNAPSHOT '{_snapshot_id(snapshot)}'")
+                box["counts"] = json.loads(counter.query(COUNT_SQL))
+                counter.query("COMMIT")
+            except BaseException as exc:
+                box["error"] = exc
+
+        thread = threading.Thread(target=count, name="pg-row-counts", daemon=True)
+        thread.start()
+
+        def resolve() -> Dict[str, int]:
+            thread.join()
+            if "error" in box:
+                raise box["error"]
+            return {k: int(v) for k, v in box["counts"].items()}
+
+        def stop() -> None:
+            if thread.is_alive():  # the job ended early: do not wait for the scan
+                counter.kill()
+            counter.close(timeout=5)
+            thread.join(timeout=5)
+
+        plan.defer_row_counts(resolve)
+        plan.add_cleanup(stop)
 
     # -- restore -------------------------------------------------------------
 
@@ -391,3 +439,13 @@ class PostgresEngine:
     ) -> EngineError:
         tool = "pg_dump" if action == "dump" else "pg_restore"
         return classify(conn, tool, returncode, stderr, action)
+
+
+def _snapshot_id(value: str) -> str:
+    """A snapshot id from pg_export_snapshot (e.g. ``00000003-0000001B-1``),
+    checked before it goes into SQL text."""
+    if not value or any(c not in "0123456789ABCDEFabcdef-" for c in value):
+        raise EngineError(
+            f"unexpected snapshot id {value!r} from pg_export_snapshot()", code=DUMP_FAIL
+        )
+    return value

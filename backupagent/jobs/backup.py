@@ -143,13 +143,6 @@ def _run_backup(
             spec.journal.update(job_id, object_key=key)
         with engine.prepare_dump(conn, workdir) as plan:
             snapshot = _schema_snapshot(engine, conn, joblog)
-            if plan.row_counts:
-                joblog.add(
-                    "info",
-                    f"{len(plan.row_counts)} tables, "
-                    f"{sum(plan.row_counts.values())} rows at dump time"
-                    f"{'' if plan.row_counts_exact else ' (approximate)'}",
-                )
             source = (
                 FileSource(plan.source_file)
                 if plan.source_file is not None
@@ -177,6 +170,15 @@ def _run_backup(
                 )
             if cancel.cancelled:
                 raise AgentError("backup cancelled", code=cancel.reason)
+            # Counts may still be running beside the dump (PostgreSQL): they
+            # belong in the manifest, so they are awaited before the commit.
+            row_counts = plan.row_counts
+            if row_counts:
+                joblog.add(
+                    "info",
+                    f"{len(row_counts)} tables, {sum(row_counts.values())} rows at dump time"
+                    f"{'' if plan.row_counts_exact else ' (approximate)'}",
+                )
             upload_path = writer.commit()
             duration_ms = int((time.monotonic() - started) * 1000)
             manifest = build_manifest(
@@ -285,7 +287,7 @@ def _run_backup(
             joblog.add("error", f"verification could not run: {exc}")
             outcome.details["verification"] = "error"
     shutil.rmtree(workdir, ignore_errors=True)
-    _after_backup(spec, reporter, joblog, job_id, label, outcome.details, plan.row_counts, snapshot)
+    _after_backup(spec, reporter, joblog, job_id, label, outcome.details, row_counts, snapshot)
     joblog.flush()
     return outcome
 

@@ -27,6 +27,9 @@ hosts = st.sampled_from(["127.0.0.1", "db.example.com", "[::1]", "localhost", "h
 ports = st.sampled_from(["", ":5432", ":0", ":99999", ":x", ":65535"])
 
 
+SPEC_WORDS = repr(parse_database_url("postgresql://u@h/d"))
+
+
 def pieces(password: str) -> list:
     found = {password, urllib.parse.unquote(password)}
     found.update(re.split(DELIMITERS, password))
@@ -60,7 +63,10 @@ def test_password_never_echoed(
 ) -> None:
     secret = urllib.parse.quote(password, safe="") if quoted else password
     url = f"{scheme}://{user}:{secret}@{host}{port}/{db}"
-    rest = f"{scheme}://{user}:\x00@{host}{port}/{db} {host}:5432"
+    # What the outputs show anyway: the URL without its password, and the
+    # fixed words of a ConnectionSpec repr (a password "user" is not leaked
+    # by the field name user=).
+    rest = f"{scheme}://{user}:\x00@{host}{port}/{db} {host}:5432 {SPEC_WORDS}"
     text = outputs(url)
     for piece in {password, secret, *pieces(password)}:
         if len(piece) < 4 or visible_elsewhere(piece, rest):
