@@ -433,3 +433,70 @@ def test_s3_endpoint_gone_mid_upload_fails_upload_and_commits_nothing(
     assert len(uploads) <= 1, uploads
     print("left open after the endpoint went away:", uploads)
     _assert_no_leftovers(agent)
+
+
+# --- the control plane: slow (past the client's read timeout) and 500s ----------
+
+
+def test_control_plane_slow_and_500s_during_a_backup_then_everything_delivered(
+    agent: Agent, controlplane: Any, pg_database: Any, tmp_path: Path
+) -> None:
+    from backupagent.api.client import READ_TIMEOUT
+    from backupagent.report.outbox import read_backlog
+
+    _credentials(agent, pg_database)
+    backups = tmp_path / "backups"
+    agent.register(controlplane)
+    agent_id = controlplane.store.list_agents()[0]["agentId"]
+    controlplane.store.set_config(
+        agent_id,
+        {
+            "schedules": [_schedule(pg_database)],
+            "targets": [{"id": "t", **_local(backups)}],
+            "alertChannels": [],
+        },
+    )
+    first_run = agent.cli("run", "--once", timeout=120)  # pulls the config, one backup
+    assert first_run.returncode == 0, first_run.stdout + first_run.stderr
+    # The job start stalls past the read timeout (the server still commits it
+    # after the stall: at-least-once leaves an orphan pending job); then the
+    # status calls answer 500 twice and the log batch 503 once.
+    controlplane.faults.add("/jobs/start", None, times=1, delay=READ_TIMEOUT + 5)
+    controlplane.faults.add("/status", 500, times=2)
+    controlplane.faults.add("/logs", 503, times=1)
+    started = time.monotonic()
+    res = agent.cli("backup", "--schedule", "s", "--json", timeout=180)
+    assert res.returncode == 0, res.stdout + res.stderr
+    doc = _result(res.stdout, res.stderr, res.returncode)
+    assert doc["status"] == "completed"
+    assert doc["durationMs"] < READ_TIMEOUT * 1000  # the backup never waited on the server
+    assert len([p for p in _files(backups) if p.name.endswith(".dump.zst")]) == 2
+    assert len(_files(backups)) == 4  # two objects and their manifests
+    assert time.monotonic() - started < 120
+
+    # A later start delivers what is still queued (no backup is due: cron 03:00).
+    again = agent.cli("run", "--once", timeout=180)
+    assert again.returncode == 0, again.stdout + again.stderr
+    backlog = read_backlog(agent.state_dir)
+    assert backlog is not None and backlog["pending"] == 0, backlog
+    jobs = controlplane.store.list_jobs()
+    done = [j for j in jobs if j["status"] == "completed"]
+    assert len(done) == 2, jobs  # the first run --once and the faulted manual backup
+    mine = [
+        j
+        for j in done
+        if any(
+            h["body"].get("uploadPath") == doc["uploadPath"]
+            for h in controlplane.store.job_history(j["jobId"])
+        )
+    ]
+    assert len(mine) == 1, "the faulted backup's completion was not delivered exactly once"
+    first = mine[0]
+    history = controlplane.store.job_history(first["jobId"])
+    statuses = [h["status"] for h in history]
+    assert statuses[-1] == "completed" and "dumping" in statuses, statuses
+    assert all(j["status"] in ("completed", "pending") for j in jobs), jobs
+    logs = [e["message"] for e in controlplane.store.job_logs(first["jobId"])]
+    assert any("Starting backup" in m for m in logs)
+    assert any(m.startswith("stored ") for m in logs)
+    _assert_no_leftovers(agent)
