@@ -475,6 +475,14 @@ def _verify(
         f"{outcome.report.restoreDurationMs} ms)"
     )
     joblog.add("info" if outcome.status == "passed" else "error", summary)
+    if outcome.status == "error":  # the report has no error field: the job log says why
+        joblog.add(
+            "error",
+            redact(
+                f"verification could not run ({outcome.details.get('errorCode')}): "
+                f"{outcome.details.get('errorMessage')}"
+            ),
+        )
     for check in failed:
         joblog.add(
             "error",

@@ -500,3 +500,65 @@ def test_control_plane_slow_and_500s_during_a_backup_then_everything_delivered(
     assert any("Starting backup" in m for m in logs)
     assert any(m.startswith("stored ") for m in logs)
     _assert_no_leftovers(agent)
+
+
+# --- verification: Docker unreachable, image missing ----------------------------
+
+
+def _verified_backup(
+    agent: Agent, pg: Any, tmp_path: Path, image: Optional[str], **env: str
+) -> Dict[str, Any]:
+    _credentials(agent, pg)
+    pg.psql("CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 100) g")
+    backups = tmp_path / "backups"
+    verification: Dict[str, Any] = {"enabled": True}
+    if image:
+        verification["image"] = image
+    cfg = _write_config(tmp_path, _schedule(pg), _local(backups), verification=verification)
+    doc = _backup(agent, cfg, timeout=240, **env)
+    assert doc["_rc"] == 0 and doc["status"] == "completed", doc  # the backup itself is good
+    assert doc["verification"] == "error", doc
+    stored = _files(backups)
+    assert len(stored) == 2  # the object and its manifest stay: they are a good backup
+    record = _job_record(agent)
+    assert record["statuses"][-1]["status"] == "completed"
+    assert record["verification"]["status"] == "error", record["verification"]
+    _assert_no_leftovers(agent)
+    return record
+
+
+def _anomalies(agent: Agent) -> List[Dict[str, Any]]:
+    path = agent.state_dir / "jobs" / "anomalies.jsonl"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [json.loads(line) for line in lines]
+
+
+def test_docker_unreachable_for_a_verifying_schedule_completes_with_verification_error(
+    agent: Agent, pg_database: Any, tmp_path: Path
+) -> None:
+    record = _verified_backup(
+        agent, pg_database, tmp_path, None, DOCKER_HOST="unix:///nonexistent.sock"
+    )
+    logs = " ".join(e["message"] for e in record.get("logs", []))
+    assert "verification could not run (" in logs and "docker" in logs.lower(), logs
+    anomalies = [a for a in _anomalies(agent) if a.get("type") == "restore_failure"]
+    assert len(anomalies) == 1, _anomalies(agent)
+    assert anomalies[0]["severity"] == "critical"
+
+
+def test_verification_image_missing_is_verify_image_missing(
+    agent: Agent, pg_database: Any, docker_engine: Any, tmp_path: Path
+) -> None:
+    # A registry on a closed loopback port: the pull fails at once, nothing is fetched.
+    image = f"127.0.0.1:{free_port()}/backupagent-absent/postgres:15"
+    env = {"DOCKER_HOST": docker_engine.base_url} if docker_engine.base_url else {}
+    record = _verified_backup(agent, pg_database, tmp_path, image, **env)
+    logs = " ".join(e["message"] for e in record.get("logs", []))
+    assert "verification could not run (VERIFY_IMAGE_MISSING)" in logs, logs
+    assert image in logs and "is not on this host" in logs, logs
+    anomalies = [a for a in _anomalies(agent) if a.get("type") == "restore_failure"]
+    assert len(anomalies) == 1, _anomalies(agent)
+    labelled = docker_engine.client.containers.list(
+        all=True, filters={"label": "backupagent.verify"}
+    )
+    assert labelled == []
