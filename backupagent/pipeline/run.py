@@ -297,7 +297,15 @@ def run_backup_pipeline(
                 if chunk is None:
                     break
                 if spool is not None:
-                    spool.write(chunk)
+                    try:
+                        spool.write(chunk)
+                    except OSError as exc:  # not an encryption or upload problem
+                        raise PipelineError(
+                            f"writing the local verification copy "
+                            f"{getattr(spool, 'name', 'spool')} failed: {exc}; free space in the "
+                            "state dir's spool or set verification.identityFile in agent.yaml",
+                            code="IO_ERROR",
+                        ) from None
                 if encrypted and encryptor is None:
                     stages.reach("encrypting")
                     try:

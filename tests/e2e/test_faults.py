@@ -562,3 +562,35 @@ def test_verification_image_missing_is_verify_image_missing(
         all=True, filters={"label": "backupagent.verify"}
     )
     assert labelled == []
+
+
+def test_spool_disk_full_fails_with_no_space_and_leaves_nothing(
+    agent: Agent, pg_database: Any, tmp_path: Path
+) -> None:
+    """An encrypted, verifying schedule keeps a local copy in the spool (the host
+    cannot decrypt); the spool filling up fails the job, the object is aborted."""
+    keygen = subprocess.run(["age-keygen"], capture_output=True, text=True, check=False)
+    require(keygen.returncode == 0, "`age-keygen` not available (apt install age)")
+    recipient = next(
+        ln.split(": ", 1)[1] for ln in keygen.stdout.splitlines() if "public key" in ln
+    )
+    _table(pg_database, 100000)  # ~5 MB stored, more than the 2 MB spool
+    _credentials(agent, pg_database)
+    backups = tmp_path / "backups"
+    with _tmpfs(agent.state_dir / "spool"):
+        cfg = tmp_path / "backups.yaml"
+        cfg.write_text(
+            yaml.safe_dump(
+                {
+                    "schedules": [{**_schedule(pg_database), "verification": {"enabled": True}}],
+                    "targets": [
+                        {"id": "t", **_local(backups), "encryption": {"recipients": [recipient]}}
+                    ],
+                    "alertChannels": [],
+                }
+            )
+        )
+        doc = _backup(agent, cfg, DOCKER_HOST="unix:///nonexistent.sock")
+        message = _assert_failed(agent, doc, ("IO_ERROR",))
+        assert "No space left on device" in message and "verification copy" in message, message
+        _assert_no_leftovers(agent, backups)
