@@ -14,6 +14,9 @@ from typing import Any, Dict, List, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+# SQLite stores integers as signed 64-bit: larger values are a 400, not a 500.
+MAX_INT64 = 2**63 - 1
+
 # Go's GOOS/GOARCH names: the reference says `"os": "linux", "arch": "amd64"`,
 # so `x86_64` or `Linux` (Python's platform names) are deviations to report.
 GO_OS = [
@@ -128,10 +131,10 @@ class JobStartRequest(Strict):
 
 class JobStatusRequest(Strict):
     status: JobStatus
-    dumpSize: Optional[int] = Field(default=None, ge=0)
-    compressedSize: Optional[int] = Field(default=None, ge=0)
+    dumpSize: Optional[int] = Field(default=None, ge=0, le=MAX_INT64)
+    compressedSize: Optional[int] = Field(default=None, ge=0, le=MAX_INT64)
     uploadPath: Optional[str] = Field(default=None, pattern=URL_RE, max_length=4096)
-    durationMs: Optional[int] = Field(default=None, ge=0)
+    durationMs: Optional[int] = Field(default=None, ge=0, le=MAX_INT64)
     errorMessage: Optional[str] = Field(default=None, max_length=65536)
     errorCode: Optional[str] = Field(default=None, pattern=ERROR_CODE_RE, max_length=64)
 
@@ -163,7 +166,7 @@ class VerificationCheck(Strict):
 class VerificationRequest(Strict):
     status: VerificationStatus
     containerId: str = Field(max_length=255)
-    restoreDurationMs: int = Field(ge=0)
+    restoreDurationMs: int = Field(ge=0, le=MAX_INT64)
     checks: List[VerificationCheck]
 
 
@@ -194,8 +197,8 @@ class LogsRequest(Strict):
 class SchemaSnapshotRequest(Strict):
     databaseId: str = Field(min_length=1, max_length=255)
     snapshot: Dict[str, Any]
-    tableCount: int = Field(ge=0)
-    columnCount: int = Field(ge=0)
+    tableCount: int = Field(ge=0, le=MAX_INT64)
+    columnCount: int = Field(ge=0, le=MAX_INT64)
 
     @model_validator(mode="after")
     def _counts_match(self) -> SchemaSnapshotRequest:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -376,10 +377,10 @@ def test_hostile_job_id_is_never_followed(routed: tuple, tmp_path: Path, job_id:
     res = agent.cli("run", "--once", timeout=120)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "Traceback" not in res.stderr
-    # the backup ran under a local id and is stored in the target
+    # the backup ran under its local (outbox) id and is stored in the target
     objects = list((tmp_path / "backups").rglob("*.zst"))
     assert len(objects) == 1, objects
-    assert "local-" in objects[0].name
+    assert re.fullmatch(r"\d{8}T\d{6}Z-[0-9a-f-]{36}\.sqlite\.zst", objects[0].name), objects
     # nothing was created or requested under the hostile id
     assert not _files_named(tmp_path, "escape-dir") and not _files_named(Path("/tmp"), "escape-dir")
     assert all(".." not in s.path and "escape" not in s.path for s in srv.seen)
