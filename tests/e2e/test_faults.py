@@ -236,12 +236,13 @@ def test_pg_dump_killed_mid_stream_fails_the_job_and_commits_nothing(
     def pg_dump() -> Optional[psutil.Process]:
         with contextlib.suppress(psutil.Error):
             for child in psutil.Process(proc.pid).children(recursive=True):
-                if child.name() == "pg_dump":
+                # the dump itself, not `pg_dump --version` (the tool version probe)
+                if child.name() == "pg_dump" and "--version" not in child.cmdline():
                     return child
         return None
 
     child = wait_until(pg_dump, 60, "pg_dump to start")
-    time.sleep(0.5)  # mid-stream: it has connected and is sending rows
+    time.sleep(0.3)  # mid-stream: connected and sending rows
     child.kill()
     out, err = proc.communicate(timeout=120)
     doc = _result(out, err, proc.returncode)
