@@ -239,8 +239,7 @@ def _run_backup(
             },
         )
     except BaseException as exc:
-        if writer is not None:
-            _abort(writer)
+        aborted = _abort(writer) if writer is not None else True
         code, message = _failure(exc, cancel)
         duration_ms = int((time.monotonic() - started) * 1000)
         joblog.add("error", f"backup failed ({code}): {message}")
@@ -250,8 +249,13 @@ def _run_backup(
                 status="failed", errorCode=code, errorMessage=message, durationMs=duration_ms
             ),
         )
-        if spec.journal is not None:
+        if spec.journal is not None and aborted:
             spec.journal.end(job_id)
+        elif spec.journal is not None:
+            # The partial object could not be removed now (the target is
+            # unreachable): the journal entry stays, and crash recovery at the
+            # next start aborts it (the job's end is already reported).
+            log.warning("partial upload of job %s left for recovery at the next start", job_id)
         log.error("backup %s failed (%s): %s", label, code, message, extra={"jobId": job_id})
         if spec.alerts is not None:
             spec.alerts.notify(
@@ -313,11 +317,14 @@ def _write_manifest(target: Any, key: str, manifest: Dict[str, Any], upload_path
         raise
 
 
-def _abort(writer: Any) -> None:
+def _abort(writer: Any) -> bool:
+    """Remove the partial object; False when that failed too (target unreachable)."""
     try:
         writer.abort()
     except Exception as exc:
         log.warning("aborting the partial object failed: %s", exc)
+        return False
+    return not getattr(writer, "abort_failed", False)
 
 
 def _failure(exc: BaseException, cancel: CancelToken) -> tuple[str, str]:

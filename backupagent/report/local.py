@@ -75,6 +75,14 @@ class LocalReporter:
             with open(self.dir / name, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(record) + "\n")
 
+    def has_terminal(self, job_id: str) -> bool:
+        """Whether the job's end was recorded (crash recovery must not report it twice)."""
+        try:
+            doc = json.loads(self._path(job_id).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        return doc.get("status") in ("completed", "failed")
+
     def list_jobs(self) -> List[Dict[str, Any]]:
         out = []
         for path in sorted(self.dir.glob("*.json")):

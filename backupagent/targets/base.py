@@ -127,6 +127,7 @@ class WriterBase:
         self.bytes_written = 0
         self._state = "open"
         self._lock = threading.Lock()
+        self.abort_failed = False
 
     # backend hooks -------------------------------------------------------
     def _write(self, data: memoryview) -> None:
@@ -186,6 +187,7 @@ class WriterBase:
         try:
             self._abort()
         except Exception as exc:
+            self.abort_failed = True  # the job keeps its journal entry for recovery
             log.warning("cleanup of aborted upload %s failed: %s", self.url, exc)
 
     def __enter__(self) -> WriterBase:

@@ -429,10 +429,21 @@ def test_s3_endpoint_gone_mid_upload_fails_upload_and_commits_nothing(
     assert elapsed < 240
     uploads, objects = _bucket_state(s3_server, bucket)
     assert objects == [], "something was committed"
-    # The abort could not reach the endpoint either: the incomplete upload stays
-    # until a bucket lifecycle rule (AbortIncompleteMultipartUpload) removes it.
-    assert len(uploads) <= 1, uploads
-    print("left open after the endpoint went away:", uploads)
+    # The abort could not reach the endpoint either: the job stays journalled,
+    # and the next start's crash recovery aborts the upload (once S3 answers),
+    # without reporting the job a second time.
+    assert len(uploads) == 1, uploads
+    assert list((agent.state_dir / "running").glob("*.json"))
+    cfg = _write_config(
+        tmp_path, _schedule(pg_database), _s3_target(s3_server, bucket, s3_server.endpoint_url)
+    )
+    res = agent.cli("run", "--once", "--config-file", str(cfg), timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    uploads, objects = _bucket_state(s3_server, bucket)
+    assert uploads == [], "recovery did not abort the multipart upload"
+    records = [json.loads(p.read_text()) for p in (agent.state_dir / "jobs").glob("*.json")]
+    first = next(r for r in records if r["jobId"] == doc["jobId"])
+    assert [s["status"] for s in first["statuses"]].count("failed") == 1
     _assert_no_leftovers(agent)
 
 
