@@ -51,7 +51,10 @@ def named_in(problems: list, path: Tuple[Any, ...]) -> bool:
     or a cross reference such as targetId) an ancestor or sibling of it."""
     want = dotted(path)
     entry = dotted(path[:2])  # e.g. schedules[0]: the entry holding the field
-    return any(p.startswith(want) for p in problems) or any(p.startswith(entry) for p in problems)
+    if any(p.startswith(want) or p.startswith(entry) for p in problems):
+        return True
+    # A valid but different id breaks what refers to it (schedules[*].targetId).
+    return path[-1] == "id" and any("Id:" in p and "does not match" in p for p in problems)
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
