@@ -58,6 +58,10 @@ class Host:
         )
 
     def doctor_json(self, *args: str) -> Report:
+        # A generous per-check limit: under a loaded CI machine a slow answer
+        # is not what these tests are about (the timeout test sets its own).
+        if "--timeout" not in args:
+            args = ("--timeout", "90", *args)
         res = self.doctor("--json", "--user", "root", *args)
         assert "Traceback" not in res.stderr, res.stderr
         return Report(res.returncode, json.loads(res.stdout), res.stderr)
@@ -212,8 +216,9 @@ def test_healthy_registered_host(
     )
     before = controlplane.store.list_requests()
     report = host.doctor_json()
-    assert report.rc == 0, report.data
-    assert report.data["ok"] is True
+    not_ok = [c for c in report.data["checks"] if c["status"] not in ("ok", "info")]
+    assert report.rc == 0, not_ok
+    assert report.data["ok"] is True, not_ok
     for name in (
         "settings",
         "config",
