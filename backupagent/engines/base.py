@@ -302,6 +302,11 @@ class DumpPlan:
         self.row_counts_exact = row_counts_exact
         self.extra: Dict[str, Any] = dict(extra or {})
         self._cleanups: List[Callable[[], None]] = list(cleanups or [])
+        self._pending_snapshot: Optional[Callable[[], Optional[Dict[str, Any]]]] = None
+        # Set by an engine that learnt them while preparing (PostgreSQL asks
+        # its snapshot session), so the job need not ask the server again.
+        self.server_version: Optional[str] = None
+        self.tool_version: Optional[str] = None
         self.closed = False
 
     @property
@@ -322,6 +327,24 @@ class DumpPlan:
         """Counts taken concurrently with the dump: ``resolve`` blocks until
         they are ready. Lets an engine count while the dump already streams."""
         self._pending_counts = resolve
+
+    def defer_schema_snapshot(self, resolve: Callable[[], Optional[Dict[str, Any]]]) -> None:
+        """The schema taken beside the dump, in its snapshot (PostgreSQL).
+
+        ``resolve`` blocks until it is ready. Without one, the job asks
+        ``engine.schema_snapshot`` itself before the dump starts.
+        """
+        self._pending_snapshot = resolve
+
+    @property
+    def has_schema_snapshot(self) -> bool:
+        return self._pending_snapshot is not None
+
+    def schema_snapshot(self) -> Optional[Dict[str, Any]]:
+        """Wait for the deferred schema snapshot; raises its error."""
+        if self._pending_snapshot is None:
+            return None
+        return self._pending_snapshot()
 
     def add_cleanup(self, func: Callable[[], None]) -> None:
         self._cleanups.append(func)

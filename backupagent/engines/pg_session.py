@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import subprocess
 import threading
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 from backupagent.engines.base import EngineError
 
@@ -77,8 +77,12 @@ class PsqlSession:
 
     def query(self, sql: str) -> str:
         """Run one statement (or several); return its tuples-only output."""
+        return self._roundtrip(sql.rstrip().rstrip(";") + ";\n")
+
+    def _roundtrip(self, script: str) -> str:
+        """Send a psql script, then read its output up to our end marker."""
         assert self._proc.stdin is not None and self._proc.stdout is not None
-        payload = sql.rstrip().rstrip(";") + ";\n\\echo " + self._marker + "\n"
+        payload = script + "\\echo " + self._marker + "\n"
         try:
             self._proc.stdin.write(payload.encode("utf-8"))
             self._proc.stdin.flush()
@@ -92,6 +96,33 @@ class PsqlSession:
             if line.rstrip(b"\r\n") == self._marker.encode():
                 return b"".join(lines).decode("utf-8").rstrip("\n")
             lines.append(line)
+
+    def query_or_error(self, sql: str) -> Tuple[Optional[str], Optional[str]]:
+        """Run one read-only statement whose failure must not end the session.
+
+        Only inside an open transaction. Returns ``(output, None)`` or
+        ``(None, server error message)``. The statement runs in a savepoint
+        that is always rolled back and released, so a failed optional query
+        (the schema snapshot on an old server) leaves the open transaction,
+        and the snapshot pg_dump imports, intact.
+        """
+        out = self._roundtrip(
+            "SAVEPOINT backupagent_optional;\n\\set ON_ERROR_STOP 0\n"
+            + sql.rstrip().rstrip(";")
+            + ";\n\\echo :ERROR :LAST_ERROR_MESSAGE\n\\set ON_ERROR_STOP 1\n"
+            "ROLLBACK TO SAVEPOINT backupagent_optional;\n"
+            "RELEASE SAVEPOINT backupagent_optional;\n"
+        )
+        body, _, status = out.rpartition("\n")
+        failed, _, message = status.partition(" ")
+        if failed == "false":
+            return body, None
+        return None, message.strip() or "query failed"
+
+    @property
+    def exited(self) -> bool:
+        """The psql process has ended (a failed statement under ON_ERROR_STOP)."""
+        return self._proc.poll() is not None
 
     def kill(self) -> None:
         """End the session at once, even mid-query (the server rolls back)."""

@@ -2,9 +2,10 @@
 
 The row counts recorded in the manifest are what verification later compares
 to *exactly*, so they must describe the very data in the dump. A psql session
-opens a REPEATABLE READ transaction, exports its snapshot, counts every user
-table in it, and keeps it open while ``pg_dump --snapshot`` reads the same
-snapshot. Closing the plan ends that transaction.
+opens a REPEATABLE READ transaction and exports its snapshot; ``pg_dump
+--snapshot`` reads that snapshot while the same session takes the schema
+snapshot and counts every user table in it, beside the dump. Closing the plan
+ends that transaction.
 """
 
 from __future__ import annotations
@@ -323,6 +324,15 @@ class PostgresEngine:
     # -- dump ----------------------------------------------------------------
 
     def prepare_dump(self, conn: ConnectionSpec, workdir: Path) -> DumpPlan:
+        """Export a snapshot and hand pg_dump its argv at once; count beside it.
+
+        Everything before pg_dump starts is on the backup's critical path, so
+        only what pg_dump needs happens here: one psql session that learns
+        the server's version, opens a REPEATABLE READ transaction and exports
+        its snapshot. The schema snapshot and the exact row counts then run
+        on that same session, in that same snapshot, while pg_dump streams
+        (see ``_inspect_in_snapshot``).
+        """
         env = libpq_env(conn)
         plan = DumpPlan(env=env, row_counts_exact=True)
 
@@ -334,13 +344,18 @@ class PostgresEngine:
         )
         plan.add_cleanup(session.close)
         try:
-            version = session.query("SHOW server_version")
-            major = int(session.query("SHOW server_version_num")) // 10000
-            pg_dump, tool_line = select_tool("pg_dump", major)
-            session.query("SET idle_in_transaction_session_timeout = 0")
-            session.query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            snapshot = session.query("SELECT pg_export_snapshot()").strip()
-            self._count_concurrently(plan, conn, env, snapshot, on_error)
+            version, version_num = session.query(
+                "SELECT current_setting('server_version') || '|' "
+                "|| current_setting('server_version_num')"
+            ).rsplit("|", 1)
+            pg_dump, tool_line = select_tool("pg_dump", int(version_num) // 10000)
+            session.query(
+                "SET idle_in_transaction_session_timeout = 0;\n"
+                "SET statement_timeout = 0;\n"
+                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+            )
+            snapshot = _snapshot_id(session.query("SELECT pg_export_snapshot()").strip())
+            self._inspect_in_snapshot(plan, session)
         except BaseException:
             plan.close()
             raise
@@ -352,6 +367,7 @@ class PostgresEngine:
             f"--snapshot={snapshot}",
             f"--dbname={conninfo(conn)}",
         ]
+        plan.server_version, plan.tool_version = version, tool_line
         plan.extra = {
             "serverVersion": version,
             "toolVersion": tool_line,
@@ -360,52 +376,56 @@ class PostgresEngine:
         }
         return plan
 
-    def _count_concurrently(
-        self,
-        plan: DumpPlan,
-        conn: ConnectionSpec,
-        env: Dict[str, str],
-        snapshot: str,
-        on_error: Any,
-    ) -> None:
-        """Exact row counts in the dump's own snapshot, taken while pg_dump runs.
+    def _inspect_in_snapshot(self, plan: DumpPlan, session: PsqlSession) -> None:
+        """Schema snapshot, then exact row counts, on the exporting session.
 
-        A second session imports the exported snapshot (``SET TRANSACTION
-        SNAPSHOT``), so the counts are of exactly the rows pg_dump sees; doing
-        it concurrently keeps a full scan of every table off the backup's
-        critical path. The exporting session stays open (plan cleanup) until
-        the dump is done, so the snapshot stays importable.
+        The exporting transaction must stay open until pg_dump has imported
+        the snapshot anyway, so it does the counting itself: the counts and
+        the schema describe exactly what pg_dump reads, with no second
+        connection. The count is a full scan of every table; run beside the
+        dump (not before it) it stays off the backup's critical path, and
+        with parallel workers off it takes one core, leaving the other to
+        pg_dump and the compressor.
         """
-        counter = PsqlSession(
-            self.psql_path(), conninfo(conn, client_encoding="UTF8"), env, on_error
-        )
         box: Dict[str, Any] = {}
 
-        def count() -> None:
+        def work() -> None:
             try:
-                counter.query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                counter.query(f"SET TRANSACTION SNAPSHOT '{_snapshot_id(snapshot)}'")
-                box["counts"] = json.loads(counter.query(COUNT_SQL))
-                counter.query("COMMIT")
+                out, error = session.query_or_error(SCHEMA_SQL)
+                if error is not None:
+                    box["schema_error"] = EngineError(
+                        f"schema snapshot query failed: {error}", code=DUMP_FAIL
+                    )
+                else:
+                    box["schema"] = json.loads(out or "[]")
+                session.query("SET LOCAL max_parallel_workers_per_gather = 0")
+                box["counts"] = json.loads(session.query(COUNT_SQL))
             except BaseException as exc:
                 box["error"] = exc
+                box.setdefault("schema_error", exc)
 
-        thread = threading.Thread(target=count, name="pg-row-counts", daemon=True)
+        thread = threading.Thread(target=work, name="pg-snapshot-inspect", daemon=True)
         thread.start()
 
-        def resolve() -> Dict[str, int]:
+        def counts() -> Dict[str, int]:
             thread.join()
             if "error" in box:
                 raise box["error"]
             return {k: int(v) for k, v in box["counts"].items()}
 
+        def schema() -> Optional[Dict[str, Any]]:
+            thread.join()
+            if "schema" not in box:
+                raise box["schema_error"]
+            return sort_snapshot(box["schema"])
+
         def stop() -> None:
             if thread.is_alive():  # the job ended early: do not wait for the scan
-                counter.kill()
-            counter.close(timeout=5)
+                session.kill()
             thread.join(timeout=5)
 
-        plan.defer_row_counts(resolve)
+        plan.defer_row_counts(counts)
+        plan.defer_schema_snapshot(schema)
         plan.add_cleanup(stop)
 
     # -- restore -------------------------------------------------------------

@@ -19,7 +19,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
 from backupagent.api.models import JobStartRequest, JobStatusUpdate
 from backupagent.errors import AgentError
@@ -127,9 +127,6 @@ def _run_backup(
         )
     try:
         engine = get_engine(conn.db_type)
-        server_version = engine.server_version(conn)
-        tool_version = engine.tool_version()
-        joblog.add("info", f"server version {server_version}; dump tool {tool_version}")
         key = object_key(
             "",
             spec.hostname,
@@ -142,7 +139,14 @@ def _run_backup(
         if spec.journal is not None:
             spec.journal.update(job_id, object_key=key)
         with engine.prepare_dump(conn, workdir) as plan:
-            snapshot = _schema_snapshot(engine, conn, joblog)
+            server_version = plan.server_version or engine.server_version(conn)
+            tool_version = plan.tool_version or engine.tool_version()
+            joblog.add("info", f"server version {server_version}; dump tool {tool_version}")
+            snapshot = (
+                None
+                if plan.has_schema_snapshot
+                else _schema_snapshot(lambda: engine.schema_snapshot(conn), joblog)
+            )
             source = (
                 FileSource(plan.source_file)
                 if plan.source_file is not None
@@ -170,8 +174,11 @@ def _run_backup(
                 )
             if cancel.cancelled:
                 raise AgentError("backup cancelled", code=cancel.reason)
-            # Counts may still be running beside the dump (PostgreSQL): they
-            # belong in the manifest, so they are awaited before the commit.
+            # The schema and the counts may still be being taken beside the
+            # dump (PostgreSQL): they belong in the manifest, so they are
+            # awaited before the commit.
+            if plan.has_schema_snapshot:
+                snapshot = _schema_snapshot(plan.schema_snapshot, joblog)
             row_counts = plan.row_counts
             if row_counts:
                 joblog.add(
@@ -364,14 +371,18 @@ def _apply_retention(spec: BackupSpec, key: str, joblog: JobLog) -> None:
         log.warning("retention failed: %s", exc)
 
 
-def _schema_snapshot(engine: Any, conn: Any, joblog: JobLog) -> Optional[Dict[str, Any]]:
+def _schema_snapshot(
+    take: Callable[[], Optional[Dict[str, Any]]], joblog: JobLog
+) -> Optional[Dict[str, Any]]:
     """The schema at dump time, for the manifest, drift detection and verification.
 
-    A failure here is reported but does not fail the backup: the dump is the
-    thing to protect, and a missing snapshot only weakens the checks.
+    ``take`` asks the engine now, or waits for the one the dump plan took in
+    the dump's own snapshot. A failure here is reported but does not fail the
+    backup: the dump is the thing to protect, and a missing snapshot only
+    weakens the checks.
     """
     try:
-        return engine.schema_snapshot(conn)
+        return take()
     except AgentError as exc:
         if exc.code != "UNSUPPORTED":
             joblog.add("warn", f"schema snapshot failed (the backup continues): {exc}")

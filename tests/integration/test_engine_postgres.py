@@ -221,10 +221,9 @@ def test_snapshot_session_is_held_during_and_released_after_the_plan(
 ) -> None:
     engine = get_engine("postgresql")
     with engine.prepare_dump(spec_for(pg_database), tmp_path) as plan:
-        assert plan.row_counts  # taken by a second session beside the dump
-        # The exporting session holds the snapshot for pg_dump; the counting
-        # one has finished its transaction.
-        assert sorted(_backupagent_sessions(pg_database)) == ["idle", "idle in transaction"]
+        assert plan.row_counts  # taken beside the dump, on the exporting session
+        # One session: it holds the snapshot for pg_dump and did the counting.
+        assert _backupagent_sessions(pg_database) == ["idle in transaction"]
         assert plan.argv[0].endswith("pg_dump")
     deadline = time.monotonic() + 10
     while _backupagent_sessions(pg_database) and time.monotonic() < deadline:
@@ -361,3 +360,62 @@ def test_restore_into_a_non_empty_database_fails_as_restore_fail(
     assert info.value.code == "RESTORE_FAIL"
     assert "already exists" in str(info.value)
     assert dst.password not in str(info.value)
+
+
+def test_schema_and_counts_are_taken_in_the_dumps_snapshot(pg_database, tmp_path: Path) -> None:
+    """What changes after the snapshot is exported is in none of the three:
+    the dump, the counts and the schema snapshot all describe one instant."""
+    pg_database.psql("CREATE TABLE early (id int PRIMARY KEY); INSERT INTO early VALUES (1), (2)")
+    engine = get_engine("postgresql")
+    src = spec_for(pg_database)
+    with engine.prepare_dump(src, tmp_path) as plan:
+        pg_database.psql(
+            "INSERT INTO early VALUES (3); ALTER TABLE early ADD COLUMN late text; "
+            "CREATE TABLE later (id int)"
+        )
+        with open(tmp_path / "db.dump", "wb") as f:
+            stream_dump(engine, src, plan, f.write)
+        schema = plan.schema_snapshot()
+        counts = plan.row_counts
+    assert plan.server_version and plan.tool_version and "pg_dump" in plan.tool_version
+    assert counts["public.early"] == 2
+    assert "public.later" not in counts
+    tables = {t["name"]: t for t in schema["tables"]}
+    assert "later" not in tables
+    assert [c["name"] for c in tables["early"]["columns"]] == ["id"]
+    # ... and the live schema has moved on, so the test could tell them apart.
+    live = {t["name"]: t for t in engine.schema_snapshot(src)["tables"]}
+    assert "later" in live and len(live["early"]["columns"]) == 2
+
+
+def test_a_failed_optional_query_keeps_the_snapshot_session(pg_database) -> None:
+    """The schema query runs on the session that holds pg_dump's snapshot:
+    if it fails (an old server lacking a catalog column), the transaction
+    and the session must survive it."""
+    from backupagent.engines.pg_session import PsqlSession
+    from backupagent.engines.postgresql import classify, conninfo, libpq_env
+
+    src = spec_for(pg_database)
+    session = PsqlSession(
+        get_engine("postgresql").psql_path(),
+        conninfo(src),
+        libpq_env(src),
+        lambda rc, err: classify(src, "psql", rc, err, "query"),
+    )
+    try:
+        session.query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        snap = session.query("SELECT pg_export_snapshot()")
+        out, error = session.query_or_error("SELECT no_such_column FROM pg_class")
+        assert out is None and error is not None and "no_such_column" in error
+        out, error = session.query_or_error("SELECT 6 * 7")
+        assert (out, error) == ("42", None)
+        assert session.query("SELECT pg_export_snapshot() IS NOT NULL") == "t"
+        assert not session.exited
+        # The first export is still importable: the transaction never aborted.
+        imported = pg_database.psql(
+            f"BEGIN ISOLATION LEVEL REPEATABLE READ; SET TRANSACTION SNAPSHOT '{snap}'; "
+            "SELECT 'ok'; COMMIT"
+        )
+        assert "ok" in imported
+    finally:
+        session.close()

@@ -53,8 +53,10 @@ def named_in(problems: list, path: Tuple[Any, ...]) -> bool:
     entry = dotted(path[:2])  # e.g. schedules[0]: the entry holding the field
     if any(p.startswith(want) or p.startswith(entry) for p in problems):
         return True
-    # A valid but different id breaks what refers to it (schedules[*].targetId).
-    return path[-1] == "id" and any("Id:" in p and "does not match" in p for p in problems)
+    # A valid but different id, or a whole section emptied (``targets: null``),
+    # breaks what refers to it (schedules[*].targetId ... "known: none defined").
+    refers = path[-1] == "id" or len(path) == 1
+    return refers and any("Id:" in p and "does not match" in p for p in problems)
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
