@@ -409,6 +409,8 @@ class PostgresEngine:
 
         def counts() -> Dict[str, int]:
             thread.join()
+            if "stopped" in box:
+                raise EngineError("the dump ended before the row counts were taken", code=DUMP_FAIL)
             if "error" in box:
                 raise box["error"]
             return {k: int(v) for k, v in box["counts"].items()}
@@ -421,6 +423,7 @@ class PostgresEngine:
 
         def stop() -> None:
             if thread.is_alive():  # the job ended early: do not wait for the scan
+                box["stopped"] = True
                 session.kill()
             thread.join(timeout=5)
 

@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 
 from backupagent.errors import AgentError
 from backupagent.pipeline.errors import DUMP_FAIL, PipelineError
+from backupagent.pipeline.pipe_reader import PipeReader
 from backupagent.pipeline.proc import (
     CancelWatcher,
     StderrTail,
@@ -78,6 +79,7 @@ class ProcessSource:
         self.bytes_read = 0
         self.returncode: Optional[int] = None
         self._proc: Optional[subprocess.Popen] = None
+        self._pipe: Optional[PipeReader] = None
         self._stderr: Optional[StderrTail] = None
         self._watcher: Optional[CancelWatcher] = None
         self._eof = False
@@ -101,6 +103,7 @@ class ProcessSource:
         self._proc = proc
         assert proc.stdout is not None and proc.stderr is not None
         grow_pipe(proc.stdout)
+        self._pipe = PipeReader.for_fd(proc.stdout.fileno())
         self._stderr = StderrTail(proc.stderr)
         self._stderr.start()
         if self.cancel is not None:
@@ -120,8 +123,9 @@ class ProcessSource:
     def read(self, n: int = -1) -> bytes:
         """Up to ``n`` bytes (a chunk if ``n`` < 0); ``b""`` once stdout is exhausted.
 
-        Blocks until ``n`` bytes or end of output, so chunks are full-size
-        except the last one.
+        From a pipe, reads are coalesced (``PipeReader``): a chunk is whatever
+        the pipe held, at least half of it unless the dump ended or stalled.
+        Elsewhere it blocks until ``n`` bytes or the end of output.
         """
         if self._eof:
             return b""
@@ -129,7 +133,8 @@ class ProcessSource:
         self._check_cancel()
         assert self._proc is not None and self._proc.stdout is not None
         size = self.chunk_size if n is None or n < 0 else n
-        data = self._proc.stdout.read(size)
+        reader = self._pipe or self._proc.stdout
+        data = reader.read(size)
         if not data:
             self._eof = True
             self._check_cancel()
