@@ -398,7 +398,7 @@ class PostgresEngine:
                     )
                 else:
                     box["schema"] = json.loads(out or "[]")
-                session.query("SET LOCAL max_parallel_workers_per_gather = 0")
+                session.query("SET LOCAL max_parallel_workers_per_gather = 0; SET LOCAL jit = off")
                 box["counts"] = json.loads(session.query(COUNT_SQL))
             except BaseException as exc:
                 box["error"] = exc

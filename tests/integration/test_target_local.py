@@ -58,6 +58,24 @@ def test_partial_file_invisible_until_commit(tmp_path: Path) -> None:
     assert [i.key for i in target.list()] == ["h/d/x.dump"]
 
 
+def test_a_long_stream_is_pushed_to_disk_as_it_goes(tmp_path: Path) -> None:
+    """Dirty pages are flushed every SYNC_EVERY bytes, not all at the commit;
+    the partial file stays invisible and the content is exact."""
+    from backupagent.targets.local import SYNC_EVERY
+
+    target = LocalTarget(str(tmp_path))
+    writer = target.open_writer("h/d/big.dump")
+    piece = os.urandom(1 << 20)
+    total = 2 * SYNC_EVERY + (3 << 20)
+    for _ in range(total // len(piece)):
+        writer.write(piece)
+    assert writer.syncs == 2
+    assert not target.exists("h/d/big.dump")
+    writer.commit()
+    data = (tmp_path / "h" / "d" / "big.dump").read_bytes()
+    assert len(data) == total and data == piece * (total // len(piece))
+
+
 @pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
 def test_modes_do_not_depend_on_umask(tmp_path: Path, umask: int) -> None:
     old = os.umask(umask)
