@@ -36,12 +36,33 @@ def _close(sink: Any) -> None:
         close()
 
 
-def default_threads() -> int:
-    """zstd worker threads: one per CPU the agent may use."""
+# Up to this level one zstd thread (~300 MB/s at level 3 here) outruns any
+# single dump process (pg_dump: ~150-250 MB/s), so more threads buy no speed.
+SINGLE_THREAD_MAX_LEVEL = 3
+
+
+def host_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, else the CPU count)."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
         return max(1, os.cpu_count() or 1)
+
+
+def default_threads(level: int = 3) -> int:
+    """zstd threads for a backup at ``level`` on a database host.
+
+    The dump is the critical path, and on the database's own host every
+    extra runnable compression thread takes CPU from the database backend
+    serving that dump: on a two-core host, two zstd workers made a 1 GB
+    backup ~10 % slower than one (docs/performance.md). Up to level 3 one
+    thread keeps up with the dump; higher levels are CPU-bound on
+    compression, so they get half the host's CPUs and leave the rest to the
+    database.
+    """
+    if level <= SINGLE_THREAD_MAX_LEVEL:
+        return 1
+    return max(1, host_cpus() // 2)
 
 
 class Tap:
@@ -83,9 +104,10 @@ class Tap:
 class ZstdCompressor:
     """A standard zstd frame (``zstd -d`` reads it) with a content checksum.
 
-    ``threads`` > 0 uses zstd's own worker threads (the compression runs in C
+    ``threads`` > 1 uses zstd's own worker threads (the compression runs in C
     without the GIL, overlapping with our reading and encrypting); ``-1``
-    means one per CPU and ``0`` compresses in the calling thread. Multi-threaded
+    means ``default_threads(level)``, and ``0`` or ``1`` compresses in the
+    calling thread (which releases the GIL while it does). Multi-threaded
     zstd emits output in jobs of a few MiB, so writes into the sink are
     bursty; downstream must not assume a chunk per input chunk. ``job_size``
     sets the size of those jobs (memory vs. per-job overhead).
@@ -107,7 +129,7 @@ class ZstdCompressor:
                 code="CONFIG_INVALID",
             )
         if threads is None or threads < 0:
-            threads = default_threads()
+            threads = default_threads(level)
         self.sink = sink
         self.level = level
         self.threads = threads

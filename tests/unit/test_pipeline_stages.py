@@ -10,7 +10,7 @@ import pytest
 import zstandard
 
 from backupagent.pipeline.errors import PipelineError
-from backupagent.pipeline.stages import Tap, ZstdCompressor
+from backupagent.pipeline.stages import Tap, ZstdCompressor, default_threads, host_cpus
 
 
 class Sink:
@@ -62,7 +62,7 @@ def test_tap_close_sink_false_leaves_sink_open_and_hash_optional() -> None:
     assert tap.bytes == 3
 
 
-@pytest.mark.parametrize("threads", [0, 2])
+@pytest.mark.parametrize("threads", [0, 1, 2])
 def test_zstd_round_trip_with_checksum(threads: int) -> None:
     data = _data(5 * 1024 * 1024 + 123)
     sink = Sink()
@@ -78,6 +78,20 @@ def test_zstd_round_trip_with_checksum(threads: int) -> None:
     assert params.has_checksum
     plain = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(out)).read()
     assert plain == data
+
+
+@pytest.mark.parametrize("level", [1, 3])
+def test_fast_levels_compress_in_one_thread(level: int) -> None:
+    """One thread outruns any single dump at these levels; more would only
+    take CPU from the database serving the dump."""
+    assert default_threads(level) == 1
+    assert ZstdCompressor(Sink(), level=level).threads == 1
+
+
+@pytest.mark.parametrize("level", [4, 9, 19])
+def test_slow_levels_use_half_the_host(level: int) -> None:
+    assert default_threads(level) == max(1, host_cpus() // 2)
+    assert ZstdCompressor(Sink(), level=level).threads == default_threads(level)
 
 
 def test_zstd_empty_input_is_a_valid_empty_frame() -> None:
