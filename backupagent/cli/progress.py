@@ -36,6 +36,17 @@ class ProgressLine:
         extra = f"-> {human_size(p.stored_bytes)} stored" if p.stored_bytes else ""
         self.show(p.stage, p.dump_bytes, extra)
 
+    def restore(self, stage: str, stored: int, fed: int, total: Optional[int]) -> None:
+        """Restore progress callback (backupagent.jobs.restore.restore_backup):
+        the dump fed to the restore tool, and how much of the stored object
+        was read, as a percentage when its size is known."""
+        read = f"{human_size(stored)} read"
+        if total:
+            read += f" of {human_size(total)} ({min(100, stored * 100 // total)} %)"
+        if stage == "checking":
+            read = "row counts against the manifest"
+        self.show(stage, fed, read)
+
     def done(self) -> None:
         if self.enabled and self._width:
             self.stream.write("\n")

@@ -64,10 +64,23 @@ def restore(
     identities = _identities(identity_files)
     with agent_errors(ExitCode.USAGE):
         conn = resolve_connection(database_url, settings.credentials_file)
+    from backupagent.cli.progress import ProgressLine
+
     click.echo(f"Restoring {backup_url} into {conn.redacted_url()} ...", err=True)
+    progress = ProgressLine(label=f"{conn.db_type}/{conn.database_name}: ")
     try:
         with agent_errors():
-            outcome = restore_backup(target, key, conn, identities=identities, force=force)
+            try:
+                outcome = restore_backup(
+                    target,
+                    key,
+                    conn,
+                    identities=identities,
+                    force=force,
+                    progress=progress.restore,
+                )
+            finally:
+                progress.done()
     except KeyboardInterrupt:
         fail(ExitCode.INTERRUPTED, "interrupted: the database may be partially restored")
     click.echo(

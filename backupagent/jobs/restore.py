@@ -12,7 +12,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from backupagent.errors import AgentError
 
@@ -56,7 +56,15 @@ def restore_backup(
     force: bool = False,
     cancel: Any = None,
     workdir: Optional[Path] = None,
+    progress: Optional[Callable[[str, int, int, Optional[int]], None]] = None,
 ) -> RestoreOutcome:
+    """Restore ``key`` into ``conn``.
+
+    ``progress(stage, stored_bytes_read, dump_bytes_fed, stored_total)`` is
+    for a display: stage ``restoring`` about twice a second, then
+    ``checking`` while row counts are compared; ``stored_total`` is None
+    without a manifest.
+    """
     from backupagent.engines.registry import get_engine
     from backupagent.pipeline.manifest import is_compressed, is_encrypted
     from backupagent.pipeline.restore import run_restore_pipeline
@@ -96,6 +104,7 @@ def restore_backup(
                     encrypted=encrypted,
                     compressed=is_compressed(manifest) if manifest else None,
                     cwd=str(scratch),
+                    progress=_progress_callback(progress, manifest),
                 )
             finally:
                 reader.close()
@@ -108,8 +117,20 @@ def restore_backup(
         duration_ms=result.duration_ms,
     )
     if manifest and manifest.get("rowCountsExact") and manifest.get("rowCounts"):
+        if progress is not None:
+            progress("checking", result.stored_size, result.dump_size, result.stored_size)
         _compare_counts(engine, conn, manifest["rowCounts"], outcome)
     return outcome
+
+
+def _progress_callback(progress: Any, manifest: Optional[Dict[str, Any]]) -> Any:
+    """The pipeline's ``(stored, fed)`` callback, with the stage and the stored
+    object's size (from the manifest, when there is one) added."""
+    if progress is None:
+        return None
+    total = (manifest or {}).get("sizes", {}).get("stored")
+    total = total if isinstance(total, int) and total > 0 else None
+    return lambda stored, fed: progress("restoring", stored, fed, total)
 
 
 def _check_engine(manifest: Dict[str, Any], db_type: str) -> None:

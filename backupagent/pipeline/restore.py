@@ -19,11 +19,12 @@ its input, and kills it on a mismatch, so it can never report success.
 from __future__ import annotations
 
 import hashlib
+import logging
 import subprocess
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence
 
 import zstandard
 
@@ -45,7 +46,10 @@ from backupagent.pipeline.proc import (
 )
 from backupagent.pipeline.queues import Aborted, ByteQueue
 
+log = logging.getLogger(__name__)
+
 CHUNK_SIZE = 1 << 20
+PROGRESS_INTERVAL = 0.5  # seconds between progress callbacks
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 AGE_MAGIC = b"age-encryption.org/v1"
 AGE_ARMOR = b"-----BEGIN AGE ENCRYPTED FILE-----"
@@ -372,8 +376,13 @@ def run_restore_pipeline(
     encrypted: Optional[bool] = None,
     compressed: Optional[bool] = None,
     cwd: Optional[str] = None,
+    progress: Optional[Callable[[int, int], None]] = None,
 ) -> RestoreResult:
     """Stream a stored backup into a native restore process's stdin; check everything.
+
+    ``progress(stored_bytes_read, dump_bytes_fed)`` is called about twice a
+    second and once at the end, from the calling thread; a failing callback
+    is logged and ignored (a display must never break a restore).
 
     A thread reads, decrypts and decompresses (bounded queue) while the
     calling thread feeds the restore tool. The stream's end-of-input checks
@@ -423,6 +432,15 @@ def run_restore_pipeline(
     thread = threading.Thread(target=producer, name="restore-read", daemon=True)
     thread.start()
     broken = False
+    fed = 0
+    shown = time.perf_counter()
+
+    def report() -> None:
+        try:
+            progress(stream.stored_size, fed)  # type: ignore[misc]
+        except Exception as exc:
+            log.warning("progress callback failed (ignored): %s", exc)
+
     try:
         while True:
             try:
@@ -436,6 +454,10 @@ def run_restore_pipeline(
             except BrokenPipeError:
                 broken = True  # the tool died; its exit status says why
                 break
+            fed += len(chunk)
+            if progress is not None and time.perf_counter() - shown >= PROGRESS_INTERVAL:
+                shown = time.perf_counter()
+                report()
     except BaseException:
         queue.abort()
         kill_group(proc)
@@ -457,6 +479,8 @@ def run_restore_pipeline(
         raise _cancelled(cancel)
     if errors:
         raise errors[0]
+    if progress is not None and rc == 0 and not broken:
+        report()
     if rc != 0 or broken:
         tail = tail_text(stderr.tail(), secrets)
         raise PipelineError(

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Tuple
 
 import pytest
 import yaml
@@ -200,3 +200,67 @@ def test_verify_command_on_a_stored_backup(
     )
     assert res.returncode == ExitCode.FAILURE
     assert "expected 11, got 10" in res.stdout
+
+
+def _on_a_terminal(tmp_path: Path, *args: str) -> Tuple[int, str, str]:
+    """Run the CLI with stderr on a pseudo-terminal (where progress shows);
+    returns (exit code, stdout, what the terminal received)."""
+    import pty
+
+    master, slave = pty.openpty()
+    env = dict(
+        os.environ,
+        BACKUPAGENT_CONFIG_DIR=str(tmp_path / "etc"),
+        BACKUPAGENT_STATE_DIR=str(tmp_path / "state"),
+        BACKUPAGENT_LOG_FORMAT="json",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "backupagent", *args],
+        stdout=subprocess.PIPE,
+        stderr=slave,
+        env=env,
+    )
+    os.close(slave)
+    seen = bytearray()
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        seen += data
+    out = proc.stdout.read() if proc.stdout else b""
+    rc = proc.wait(timeout=300)
+    os.close(master)
+    return rc, out.decode(), seen.decode("utf-8", "replace")
+
+
+def test_backup_and_restore_show_progress_on_a_terminal(  # type: ignore[no-untyped-def]
+    tmp_path: Path, setup: Dict[str, str], pg_database
+) -> None:
+    rc, out, tty = _on_a_terminal(
+        tmp_path, "backup", setup["url"], "--to", setup["target"], "-r", setup["recipient"]
+    )
+    assert rc == 0, tty
+    label = f"postgresql/{pg_database.name}: "
+    assert "\r" + label in tty and "/s" in tty and "stored" in tty
+    url = next(line.split()[-1] for line in (out + tty).splitlines() if "file://" in line)
+    url = url[url.index("file://") :]
+
+    restored = pg_database.name + "_p"
+    pg_database.server.create_database(restored)
+    target_url = setup["url"].rsplit("/", 1)[0] + "/" + restored
+    rc, out, tty = _on_a_terminal(tmp_path, "restore", url, "--to", target_url, "-i", setup["key"])
+    assert rc == 0, tty
+    assert "\r" + label.replace(pg_database.name, restored) + "restoring" in tty
+    assert "read of" in tty and "(100 %)" in tty  # the manifest gives the stored size
+    assert "checking" in tty and "row counts against the manifest" in tty
+    assert "row counts match the manifest" in out
+    assert pg_database.server.password not in tty + out
+
+
+def test_no_progress_when_not_a_terminal(tmp_path: Path, setup: Dict[str, str]) -> None:
+    res = cli(tmp_path, "backup", setup["url"], "--to", setup["target"], "-r", setup["recipient"])
+    assert res.returncode == 0, res.stderr
+    assert "\r" not in res.stderr and "\r" not in res.stdout
