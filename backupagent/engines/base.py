@@ -11,10 +11,21 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import threading
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple, runtime_checkable
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Iterator,
+    List,
+    Optional,
+    Protocol,
+    Tuple,
+    runtime_checkable,
+)
 
 from backupagent.errors import AgentError
 
@@ -273,6 +284,33 @@ def parse_database_url(url: str) -> ConnectionSpec:
     )
 
 
+@contextlib.contextmanager
+def on_cancel(cancel: Any, action: Callable[[], None], interval: float = 0.1) -> Iterator[None]:
+    """Run ``action`` once if ``cancel`` (a jobs.result.CancelToken) is set
+    while the block runs: how an engine interrupts a step that blocks in a
+    child process (a psql query, a connection attempt) when the job is
+    cancelled or times out. Without a token this does nothing."""
+    if cancel is None:
+        yield
+        return
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            if cancel.wait(interval):
+                if not done.is_set():
+                    action()
+                return
+
+    thread = threading.Thread(target=watch, name="engine-cancel-watch", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join(timeout=interval * 5)
+
+
 class DumpPlan:
     """Everything the pipeline needs to produce one dump, and what to undo after.
 
@@ -393,7 +431,12 @@ class Engine(Protocol):
 
     def tool_version(self) -> str: ...
 
-    def prepare_dump(self, conn: ConnectionSpec, workdir: Path) -> DumpPlan: ...
+    def prepare_dump(self, conn: ConnectionSpec, workdir: Path, cancel: Any = None) -> DumpPlan:
+        """Open the snapshot and return the plan. ``cancel`` (a CancelToken):
+        PostgreSQL kills its session when it is set mid-preparation (a hung
+        connection); the other engines' preparation is short, except SQLite's
+        online copy, which runs at disk speed and is not interrupted."""
+        ...
 
     def restore_argv(self, conn: ConnectionSpec) -> Tuple[List[str], Dict[str, str]]: ...
 

@@ -343,7 +343,7 @@ class MySQLEngine:
         except EngineError:
             return ""
 
-    def prepare_dump(self, conn: ConnectionSpec, workdir: Path) -> DumpPlan:
+    def prepare_dump(self, conn: ConnectionSpec, workdir: Path, cancel: Any = None) -> DumpPlan:
         defaults = write_secret_file(Path(workdir), ".my-dump-", option_file_text(conn))
         plan = DumpPlan(env=dict(os.environ), row_counts_exact=False)
         plan.add_cleanup(remove_file(defaults))

@@ -31,6 +31,7 @@ from backupagent.engines.base import (
     ConnectionSpec,
     DumpPlan,
     EngineError,
+    on_cancel,
     sort_snapshot,
     stderr_tail,
 )
@@ -323,7 +324,7 @@ class PostgresEngine:
 
     # -- dump ----------------------------------------------------------------
 
-    def prepare_dump(self, conn: ConnectionSpec, workdir: Path) -> DumpPlan:
+    def prepare_dump(self, conn: ConnectionSpec, workdir: Path, cancel: Any = None) -> DumpPlan:
         """Export a snapshot and hand pg_dump its argv at once; count beside it.
 
         Everything before pg_dump starts is on the backup's critical path, so
@@ -344,18 +345,21 @@ class PostgresEngine:
         )
         plan.add_cleanup(session.close)
         try:
-            version, version_num = session.query(
-                "SELECT current_setting('server_version') || '|' "
-                "|| current_setting('server_version_num')"
-            ).rsplit("|", 1)
-            pg_dump, tool_line = select_tool("pg_dump", int(version_num) // 10000)
-            session.query(
-                "SET idle_in_transaction_session_timeout = 0;\n"
-                "SET statement_timeout = 0;\n"
-                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
-            )
-            snapshot = _snapshot_id(session.query("SELECT pg_export_snapshot()").strip())
-            self._inspect_in_snapshot(plan, session)
+            # A job cancelled here (a hung connection) kills the session:
+            # the query in progress fails and the job reports CANCELLED.
+            with on_cancel(cancel, session.kill):
+                version, version_num = session.query(
+                    "SELECT current_setting('server_version') || '|' "
+                    "|| current_setting('server_version_num')"
+                ).rsplit("|", 1)
+                pg_dump, tool_line = select_tool("pg_dump", int(version_num) // 10000)
+                session.query(
+                    "SET idle_in_transaction_session_timeout = 0;\n"
+                    "SET statement_timeout = 0;\n"
+                    "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+                )
+                snapshot = _snapshot_id(session.query("SELECT pg_export_snapshot()").strip())
+                self._inspect_in_snapshot(plan, session)
         except BaseException:
             plan.close()
             raise

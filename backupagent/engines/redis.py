@@ -168,7 +168,7 @@ class RedisEngine:
     def is_empty(self, conn: ConnectionSpec) -> bool:
         return sum(self.list_tables_with_counts(conn).values()) == 0
 
-    def prepare_dump(self, conn: ConnectionSpec, workdir: Path) -> DumpPlan:
+    def prepare_dump(self, conn: ConnectionSpec, workdir: Path, cancel: Any = None) -> DumpPlan:
         version = self.server_version(conn)
         counts = self.list_tables_with_counts(conn)
         return DumpPlan(

@@ -200,7 +200,7 @@ class SQLiteEngine:
 
     # -- dump ----------------------------------------------------------------
 
-    def prepare_dump(self, conn: ConnectionSpec, workdir: Path) -> DumpPlan:
+    def prepare_dump(self, conn: ConnectionSpec, workdir: Path, cancel: Any = None) -> DumpPlan:
         path = self._path(conn)
         src = self._open_ro(path, "dump")
         workdir = Path(workdir)

@@ -138,7 +138,7 @@ def _run_backup(
         )
         if spec.journal is not None:
             spec.journal.update(job_id, object_key=key)
-        with engine.prepare_dump(conn, workdir) as plan:
+        with engine.prepare_dump(conn, workdir, cancel=cancel) as plan:
             server_version = plan.server_version or engine.server_version(conn)
             tool_version = plan.tool_version or engine.tool_version()
             joblog.add("info", f"server version {server_version}; dump tool {tool_version}")

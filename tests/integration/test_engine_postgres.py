@@ -424,3 +424,45 @@ def test_a_failed_optional_query_keeps_the_snapshot_session(pg_database) -> None
         assert "ok" in imported
     finally:
         session.close()
+
+
+def test_a_cancel_while_connecting_to_a_hung_server_ends_at_once(tmp_path: Path) -> None:
+    """A server that accepts the connection and then says nothing would hold
+    the preparation for connect_timeout (10 s); a cancelled job must not wait."""
+    import socket
+
+    from backupagent.jobs.result import CancelToken
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(5)
+    held: list = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])  # and never answer
+            except OSError:
+                continue
+
+    t = threading.Thread(target=accept, daemon=True)
+    t.start()
+    token = CancelToken()
+    spec = parse_database_url(f"postgresql://u:pw@127.0.0.1:{listener.getsockname()[1]}/db")
+    threading.Timer(0.5, token.cancel).start()
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(EngineError):
+            get_engine("postgresql").prepare_dump(spec, tmp_path, cancel=token)
+        elapsed = time.monotonic() - t0
+    finally:
+        stop.set()
+        t.join(timeout=5)
+        for conn in held:
+            conn.close()
+        listener.close()
+    assert held, "psql never connected: the test did not exercise a hung server"
+    assert elapsed < 3, elapsed
+    assert os.listdir(tmp_path) == []
