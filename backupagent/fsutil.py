@@ -29,12 +29,22 @@ def atomic_write(path: PathLike, data: bytes, mode: int = 0o600) -> None:
     """Write ``data`` to ``path`` via a same-directory temp file and a rename.
 
     The temp file is created with ``mode`` from the start (mkstemp gives
-    0600, then fchmod), so a secret is never readable by others.
+    0600, then fchmod), so a secret is never readable by others. A file
+    that is replaced keeps its owner and group when we may set them (root):
+    ``sudo backupagent register --force`` must leave the api-key readable by
+    the service user it belonged to, not turn it into root's.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        old = os.stat(target)
+    except OSError:
+        old = None
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
+        if old is not None and (old.st_uid, old.st_gid) != (os.geteuid(), os.getegid()):
+            with contextlib.suppress(PermissionError):
+                os.fchown(fd, old.st_uid, old.st_gid)
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
