@@ -72,8 +72,14 @@ class PipeReader:
             avail = self.available()
             if avail >= want or (avail == last and avail > 0):
                 break
+            if last >= 0 and avail > last:
+                # Sleep about as long as the writer needs to fill the rest, so
+                # a fast dump costs one wake-up per read and a slow one few.
+                rate = (avail - last) / nap
+                nap = min(max((want - avail) / rate, MIN_NAP_S), MAX_NAP_S)
+            else:
+                nap = min(nap * 2, MAX_NAP_S)
             if self._hup.poll(nap * 1000):  # writer gone: read what is left
                 break
-            nap = min(nap * 2, MAX_NAP_S) if avail == 0 else MIN_NAP_S
             last = avail
         return os.read(self.fd, n)

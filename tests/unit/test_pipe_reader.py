@@ -130,3 +130,25 @@ def test_an_unused_write_end_is_closed_by_the_test(pipe) -> None:
     os.close(w)
     reader = PipeReader.for_fd(r)
     assert reader is not None and reader.read(10) == b""
+
+
+def test_a_slow_steady_writer_costs_few_wake_ups(pipe) -> None:
+    """~200 KiB/s in 4 KiB writes for ~1 s: the reader paces its looks by the
+    fill rate instead of polling every millisecond."""
+    r, w = pipe
+    fcntl.fcntl(w, F_SETPIPE_SZ, 1 << 20)
+
+    class Counting(PipeReader):
+        looks = 0
+
+        def available(self) -> int:
+            Counting.looks += 1
+            return super().available()
+
+    reader = Counting(r, fcntl.fcntl(r, 1032))
+    pieces = [bytes([i % 251]) * 4096 for i in range(50)]
+    t = _writer(w, pieces, pause=0.02)
+    data, _ = _drain(reader)
+    t.join(timeout=10)
+    assert data == b"".join(pieces)
+    assert Counting.looks < 150, Counting.looks  # fixed 1 ms naps: ~1000
