@@ -1,56 +1,95 @@
-"""Measure S3Target upload throughput and peak RSS against a local SeaweedFS.
+"""Measure S3Target upload throughput and memory against a local SeaweedFS.
 
-    python bench/s3_upload.py [--size-mb 500] [--inflight 0 1 2] [--chunk-kb 256]
+    python bench/s3_upload.py [--size-mb 500] [--inflight 0 1 2] [--chunk-kb 256] [--reps 1]
 
-Starts its own SeaweedFS (the test fixture's code), streams pseudo-random
-data through ``S3Target.open_writer`` in fixed chunks (as the pipeline
-does), and reports MB/s and the process's peak RSS growth for each
-``max_inflight`` setting (0 = upload in the writing thread).
-Not a test: numbers depend on the machine.
+Starts its own SeaweedFS (the test fixture's code); each measurement runs in
+a fresh Python process (so the client's own cost is counted, as in the
+agent), which creates an ``S3Target``, streams pseudo-random data through
+``open_writer`` in fixed chunks (as the pipeline does) and reports:
+
+- ``client``: RSS growth from creating the target (botocore import, models);
+- ``peak``: the process's peak RSS (``VmHWM``) over the whole run, and its
+  growth during the stream alone (part buffers, HTTP);
+- throughput, and the part buffers the writer allocated.
+
+``max_inflight`` 0 uploads in the writing thread. Not a test: numbers depend
+on the machine (SeaweedFS shares its CPUs).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import resource
 import shutil
+import statistics
+import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
+from typing import Dict, List
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import psutil
-
-from backupagent.targets.s3 import S3Target
-from tests.servers.s3 import start_s3_server, stop_s3_server
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 
-class PeakRSS:
-    """Samples this process's RSS every 20 ms (ru_maxrss never goes back down)."""
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return 0.0
 
-    def __init__(self) -> None:
-        self.proc = psutil.Process()
-        self.peak = 0
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.proc.memory_info().rss)
-            time.sleep(0.02)
+def child(args: argparse.Namespace) -> None:
+    """One measurement, in its own process; prints one JSON line."""
+    inflight = args.inflight[0]
+    import backupagent.targets.registry  # noqa: F401  (what the agent has loaded anyway)
 
-    def __enter__(self) -> PeakRSS:
-        self.peak = self.proc.memory_info().rss
-        self._t.start()
-        return self
+    rss0 = _status_mb("VmRSS")
+    from backupagent.targets.s3 import S3Target
 
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._t.join()
+    target = S3Target(
+        args.bucket,
+        "bench",
+        endpoint_url=os.environ["BENCH_S3_ENDPOINT"],
+        credentials={
+            "access_key_id": os.environ["BENCH_S3_KEY"],
+            "secret_access_key": os.environ["BENCH_S3_SECRET"],
+        },
+        region=os.environ.get("BENCH_S3_REGION"),
+        max_inflight=inflight,
+    )
+    rss_client = _status_mb("VmRSS")
+    hwm_client = _status_mb("VmHWM")
+    size = args.size_mb << 20
+    chunk = os.urandom(args.chunk_kb << 10)  # incompressible; reused to keep generation cheap
+    key = f"obj-{inflight}-{os.getpid()}.bin"
+    t0 = time.perf_counter()
+    with target.open_writer(key) as w:
+        sent = 0
+        while sent < size:
+            w.write(chunk)
+            sent += len(chunk)
+        w.commit()
+    wall = time.perf_counter() - t0
+    hwm = _status_mb("VmHWM")
+    target.delete(key)
+    print(
+        json.dumps(
+            {
+                "inflight": inflight,
+                "mb_s": sent / wall / 1e6,
+                "wall_s": wall,
+                "rss_start_mb": rss0,
+                "client_mb": rss_client - rss0,
+                "peak_mb": hwm,
+                "stream_growth_mb": hwm - max(rss_client, hwm_client),
+                "part_buffers": getattr(getattr(w, "_pool", None), "allocated", -1),
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -58,46 +97,59 @@ def main() -> None:
     ap.add_argument("--size-mb", type=int, default=500)
     ap.add_argument("--chunk-kb", type=int, default=256)
     ap.add_argument("--inflight", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--reps", type=int, default=1)
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--bucket", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    size = args.size_mb << 20
-    chunk = os.urandom(args.chunk_kb << 10)  # incompressible; reused to keep generation cheap
+    if args.child:
+        child(args)
+        return
+
+    from tests.servers.s3 import start_s3_server, stop_s3_server
+
     root = Path(tempfile.mkdtemp(prefix="bench-s3-"))
     server = start_s3_server(root)
     try:
         bucket = server.make_bucket()
-        creds = {"access_key_id": server.access_key, "secret_access_key": server.secret_key}
-        base_rss = psutil.Process().memory_info().rss
-        print(
-            f"baseline RSS {base_rss / 2**20:.0f} MiB; "
-            f"{args.size_mb} MB in {args.chunk_kb} KiB writes"
+        env = dict(
+            os.environ,
+            BENCH_S3_ENDPOINT=server.endpoint_url,
+            BENCH_S3_KEY=server.access_key,
+            BENCH_S3_SECRET=server.secret_key,
+            BENCH_S3_REGION=server.region,
+            PYTHONPATH=str(ROOT),
         )
-        for inflight in args.inflight:
-            target = S3Target(
-                bucket,
-                "bench",
-                endpoint_url=server.endpoint_url,
-                credentials=creds,
-                region=server.region,
-                max_inflight=inflight,
-            )
-            with PeakRSS() as rss:
-                t0 = time.perf_counter()
-                with target.open_writer(f"obj-{inflight}.bin") as w:
-                    sent = 0
-                    while sent < size:
-                        w.write(chunk)
-                        sent += len(chunk)
-                    w.commit()
-                dt = time.perf_counter() - t0
+        print(
+            f"{args.size_mb} MB in {args.chunk_kb} KiB writes, {args.reps} rep(s), "
+            f"load average {os.getloadavg()[0]:.1f}"
+        )
+        results: Dict[int, List[dict]] = {n: [] for n in args.inflight}
+        for _ in range(args.reps):
+            for inflight in args.inflight:
+                argv = [sys.executable, __file__, "--child", "--bucket", bucket]
+                argv += ["--size-mb", str(args.size_mb), "--chunk-kb", str(args.chunk_kb)]
+                argv += ["--inflight", str(inflight)]
+                out = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+                if out.returncode:
+                    sys.exit(f"measurement failed:\n{out.stderr[-2000:]}")
+                r = json.loads(out.stdout.strip().splitlines()[-1])
+                results[inflight].append(r)
+                print(
+                    f"  max_inflight={inflight}: {r['mb_s']:6.1f} MB/s ({r['wall_s']:.1f} s), "
+                    f"client +{r['client_mb']:.0f} MB, peak {r['peak_mb']:.0f} MB "
+                    f"(stream +{r['stream_growth_mb']:.0f}), {r['part_buffers']} part buffers"
+                )
+        print("medians:")
+        for inflight, rs in results.items():
+
+            def med(k: str, rs: List[dict] = rs) -> float:
+                return statistics.median(r[k] for r in rs)
+
             print(
-                f"S3Target max_inflight={inflight}: {sent / dt / 1e6:7.1f} MB/s "
-                f"({dt:.1f} s), peak RSS {rss.peak / 2**20:.0f} MiB "
-                f"(+{(rss.peak - base_rss) / 2**20:.0f} over baseline)"
+                f"  max_inflight={inflight}: {med('mb_s'):6.1f} MB/s, "
+                f"start {med('rss_start_mb'):.0f} MB, client +{med('client_mb'):.0f} MB, "
+                f"peak {med('peak_mb'):.0f} MB (stream +{med('stream_growth_mb'):.0f} MB)"
             )
-            target.delete(f"obj-{inflight}.bin")
-        print(
-            f"process ru_maxrss {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB"
-        )
     finally:
         stop_s3_server(server)
         shutil.rmtree(root, ignore_errors=True)

@@ -4,6 +4,9 @@ Uploads stream: the writer fills one part at a time and hands it to one
 background upload thread (``max_inflight``), so memory holds at most
 ``1 + max_inflight`` parts whatever the backup's size, and dumping overlaps
 with uploading. A backup smaller than one part is sent with one PutObject.
+Those part buffers are allocated once per upload and reused, and a part is
+uploaded from its buffer in place, never copied (``_PartBuffer``,
+``_PartPool``): memory stays flat as the backup grows.
 
 Part sizes (``part_size_for``): the stream's size is unknown up front, and S3
 allows at most 10,000 parts of at most 5 GiB, so a fixed 8 MiB part would cap
@@ -25,8 +28,9 @@ PutObject) succeeds. Abort, on any failure, cancellation or exception inside
 the ``with`` block, calls AbortMultipartUpload so no invisible, billed parts
 stay behind; ``abort_incomplete_uploads`` sweeps what a crash left.
 
-boto3 is imported only when an S3 target is created: the idle daemon never
-pays for it.
+botocore is imported only when an S3 target is created: the idle daemon never
+pays for it, and the client is built lean (``s3_client``: no boto3 resource
+layer, only S3's endpoint data, no model documentation).
 """
 
 from __future__ import annotations
@@ -36,9 +40,10 @@ import concurrent.futures
 import datetime as dt
 import io
 import logging
+import mmap
 import tempfile
 import threading
-from typing import IO, Any, Deque, Dict, Iterator, List, Mapping, Optional, Union
+from typing import IO, Any, Deque, Dict, Iterator, List, Mapping, Optional
 
 from backupagent.targets.base import (
     ObjectInfo,
@@ -99,45 +104,212 @@ def _credential(creds: Any, *names: str) -> Optional[str]:
     return None
 
 
+# mmap.madvise exists from Python 3.8 on Linux and most Unixes; without it a
+# buffer at rest keeps its pages (still bounded by 1 + max_inflight parts).
+_MADV_DONTNEED: Optional[int] = (
+    getattr(mmap, "MADV_DONTNEED", None) if hasattr(mmap.mmap, "madvise") else None
+)
+
+
+def _anonymous_map(size: int) -> mmap.mmap:
+    """Private anonymous memory: pages exist once written, and drop_pages frees them.
+
+    (Python's default for ``mmap(-1, n)`` on Unix is a *shared* mapping, whose
+    pages live in shmem and survive MADV_DONTNEED.)
+    """
+    private = getattr(mmap, "MAP_PRIVATE", None)
+    if private is None:  # Windows: no flags
+        return mmap.mmap(-1, size)
+    return mmap.mmap(-1, size, flags=private)
+
+
+class _MemoryBody(io.RawIOBase):
+    """A read-only, seekable file over the first ``length`` bytes of a part.
+
+    botocore takes a part's body as bytes, a bytearray or a file-like object.
+    Bytes or a bytearray of exactly the part's length would mean copying the
+    part out of its (larger, reused) buffer; this view reads it in place, in
+    the HTTP layer's blocks (128 KiB), and rewinds for a retry. ``len()`` is
+    the part's length, which is how botocore sets Content-Length.
+    """
+
+    def __init__(self, mem: mmap.mmap, length: int) -> None:
+        super().__init__()
+        self._mem = mem
+        self._length = length
+        self._pos = 0
+
+    def __len__(self) -> int:
+        return self._length
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._length}[whence]
+        self._pos = min(max(base + offset, 0), self._length)
+        return self._pos
+
+    def read(self, n: Optional[int] = -1) -> bytes:
+        end = self._length if n is None or n < 0 else min(self._pos + n, self._length)
+        data = self._mem[self._pos : end]
+        self._pos = max(end, self._pos)
+        return data
+
+    def readall(self) -> bytes:
+        return self.read(-1)
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
 class _PartBuffer:
-    """One part being filled: RAM for normal parts, a temp file for huge ones."""
+    """One part being filled: RAM for normal parts, a temp file for huge ones.
+
+    RAM parts live in an anonymous ``mmap`` of the part's full size, allocated
+    once and reused by later parts (``_PartPool``). Measured in the agent,
+    growing a bytearray per part and freeing it after upload let glibc's heap
+    (whose mmap threshold rises after the first freed part) fragment: RSS
+    crept up ~35 MB over a 1 GB backup. A fixed mapping never reallocates,
+    is never copied (the upload reads it in place through ``_MemoryBody``),
+    costs only the pages written (a 1 KiB manifest touches one page, not
+    8 MiB), and goes back to the kernel at once when closed.
+    """
 
     def __init__(self, size: int, spool_dir: Optional[str]) -> None:
         self.size = size
         self.length = 0
-        self._mem: Optional[bytearray] = None
+        self._mem: Optional[mmap.mmap] = None
         self._file: Optional[IO[bytes]] = None
         if size <= SPOOL_THRESHOLD:
-            self._mem = bytearray()
+            self._mem = _anonymous_map(size)
         else:
             # closed in close(), after the part is uploaded
             self._file = tempfile.TemporaryFile(dir=spool_dir, prefix="backupagent-part-")  # noqa: SIM115
+
+    @property
+    def in_memory(self) -> bool:
+        return self._mem is not None
 
     @property
     def room(self) -> int:
         return self.size - self.length
 
     def write(self, data: memoryview) -> None:
+        if len(data) > self.room:
+            raise ValueError(f"{len(data)} bytes do not fit in the part's {self.room} left")
         if self._mem is not None:
-            self._mem += data
+            self._mem[self.length : self.length + len(data)] = data
         else:
             assert self._file is not None
             self._file.write(data)
         self.length += len(data)
 
-    def body(self) -> Union[bytearray, IO[bytes]]:
+    def body(self) -> IO[bytes]:
+        """The part's bytes, as a file positioned at its start (no copy)."""
         if self._mem is not None:
-            return self._mem
+            return _MemoryBody(self._mem, self.length)
         assert self._file is not None
         self._file.flush()
         self._file.seek(0)
         return self._file
 
+    def reset(self) -> None:
+        """Empty the buffer for the next part (RAM buffers only are reused)."""
+        self.length = 0
+
+    def drop_pages(self) -> None:
+        """Give the uploaded part's pages back to the kernel; the mapping stays.
+
+        Called as soon as a part is uploaded: the buffer then waits for the
+        next part holding no memory, so the agent's peak is the part being
+        filled plus the parts actually in flight, not ``1 + max_inflight``
+        full parts. Refilling faults fresh zero pages in (~1 ms per 8 MiB).
+        """
+        if self._mem is not None and _MADV_DONTNEED is not None:
+            self._mem.madvise(_MADV_DONTNEED)
+
     def close(self) -> None:
-        self._mem = None
+        self.length = 0
+        if self._mem is not None:
+            self._mem.close()
+            self._mem = None
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+class _PartPool:
+    """The RAM part buffers of one upload: at most ``limit`` exist at a time.
+
+    The writer keeps one buffer filling and up to ``max_inflight`` uploading,
+    so ``limit`` is ``1 + max_inflight``; buffers come back after their part is
+    uploaded and are reused as they are. A buffer of a size the schedule has
+    left behind (parts double every 1,000) is freed instead of reused. Spooled
+    (temp file) parts are not pooled: each is a new unlinked file.
+    ``allocated`` and ``peak_live`` let tests pin the bound.
+    """
+
+    def __init__(self, limit: int, spool_dir: Optional[str]) -> None:
+        self.limit = limit
+        self.spool_dir = spool_dir
+        self.allocated = 0  # RAM buffers ever created
+        self.peak_live = 0
+        self._live: List[_PartBuffer] = []
+        self._free: List[_PartBuffer] = []
+        self._lock = threading.Lock()
+
+    @property
+    def live(self) -> int:
+        return len(self._live)
+
+    def acquire(self, size: int) -> _PartBuffer:
+        if size > SPOOL_THRESHOLD:
+            return _PartBuffer(size, self.spool_dir)
+        with self._lock:
+            while self._free:
+                buf = self._free.pop()
+                if buf.size == size:
+                    buf.reset()
+                    return buf
+                self._forget(buf)
+            if len(self._live) >= self.limit:
+                # a bug in the writer, not a user error: memory must stay bounded
+                raise RuntimeError(f"S3 part pool exhausted ({self.limit} buffers in use)")
+            buf = _PartBuffer(size, self.spool_dir)
+            self._live.append(buf)
+            self.allocated += 1
+            self.peak_live = max(self.peak_live, len(self._live))
+            return buf
+
+    def release(self, buf: _PartBuffer) -> None:
+        """Take a buffer back after its part was uploaded (or given up)."""
+        if not buf.in_memory:
+            buf.close()
+            return
+        with self._lock:
+            if any(b is buf for b in self._live) and not any(b is buf for b in self._free):
+                self._free.append(buf)
+
+    def _forget(self, buf: _PartBuffer) -> None:
+        self._live = [b for b in self._live if b is not buf]
+        buf.close()
+
+    def close(self) -> None:
+        """Free every buffer; only once no upload thread can still read one."""
+        with self._lock:
+            for buf in self._live:
+                buf.close()
+            self._live.clear()
+            self._free.clear()
 
 
 class S3Target:
@@ -194,10 +366,11 @@ class S3Target:
 
     # client --------------------------------------------------------------
     def _make_client(self, credentials: Any) -> Any:
-        import boto3
         from botocore.config import Config
 
-        kwargs: Dict[str, Any] = {}
+        from backupagent.targets.s3_client import make_s3_client
+
+        kwargs: Dict[str, Optional[str]] = {}
         if credentials is not None:
             key_id = _credential(credentials, "access_key_id", "accessKeyId", "aws_access_key_id")
             secret = _credential(
@@ -232,9 +405,13 @@ class S3Target:
             config_kwargs.pop("request_checksum_calculation", None)
             config_kwargs.pop("response_checksum_validation", None)
             config = Config(**config_kwargs)
-        session = boto3.session.Session(region_name=self.region, **kwargs)
         try:
-            return session.client("s3", endpoint_url=self.endpoint_url or None, config=config)
+            return make_s3_client(
+                region=self.region,
+                endpoint_url=self.endpoint_url,
+                config=config,
+                credentials=kwargs,
+            )
         except Exception as exc:
             raise self._error("configuring the S3 client for", self.url_for_prefix(), exc) from None
 
@@ -429,7 +606,8 @@ class S3Writer(WriterBase):
         self._upload_id: Optional[str] = None
         self._parts: Dict[int, str] = {}
         self._part_number = 0  # parts handed to the uploader so far
-        self._buf = _PartBuffer(part_size_for(1, target.part_size), target.spool_dir)
+        self._pool = _PartPool(1 + target.max_inflight, target.spool_dir)
+        self._buf: Optional[_PartBuffer] = None  # taken from the pool at the first byte
         self._pending: Deque[concurrent.futures.Future] = collections.deque()
         self._executor: Optional[concurrent.futures.ThreadPoolExecutor] = None
         self._parts_lock = threading.Lock()
@@ -438,11 +616,19 @@ class S3Writer(WriterBase):
     def _write(self, data: memoryview) -> None:
         offset = 0
         while offset < len(data):
-            take = min(self._buf.room, len(data) - offset)
-            self._buf.write(data[offset : offset + take])
+            buf = self._buf if self._buf is not None else self._next_buffer()
+            take = min(buf.room, len(data) - offset)
+            buf.write(data[offset : offset + take])
             offset += take
-            if self._buf.room == 0:
+            if buf.room == 0:
                 self._send_part()
+
+    def _next_buffer(self) -> _PartBuffer:
+        """The buffer for the next part: a finished upload's, else a new one."""
+        while self._pending and self._pending[0].done():
+            self._pool.release(self._pending.popleft().result())  # re-raises an upload error
+        self._buf = self._pool.acquire(part_size_for(self._part_number + 1, self._t.part_size))
+        return self._buf
 
     def _send_part(self) -> None:
         if self._state != "open":
@@ -457,23 +643,22 @@ class S3Writer(WriterBase):
             except Exception as exc:
                 raise self._t._error("starting upload of", self.url, exc) from None
             self._upload_id = response["UploadId"]
+        buf, self._buf = self._buf, None
+        assert buf is not None
         self._part_number += 1
-        buf = self._buf
-        self._buf = _PartBuffer(
-            part_size_for(self._part_number + 1, self._t.part_size), self._t.spool_dir
-        )
         if self._t.max_inflight == 0:
-            self._upload_part(self._part_number, buf)
+            self._pool.release(self._upload_part(self._part_number, buf))
             return
         while len(self._pending) >= self._t.max_inflight:
-            self._pending.popleft().result()  # back-pressure; re-raises an upload error
+            self._pool.release(self._pending.popleft().result())  # back-pressure; re-raises
         if self._executor is None:
             self._executor = concurrent.futures.ThreadPoolExecutor(
                 max_workers=self._t.max_inflight, thread_name_prefix="s3-upload"
             )
         self._pending.append(self._executor.submit(self._upload_part, self._part_number, buf))
 
-    def _upload_part(self, number: int, buf: _PartBuffer) -> None:
+    def _upload_part(self, number: int, buf: _PartBuffer) -> _PartBuffer:
+        """Upload one part; returns its buffer for reuse (freed on failure)."""
         try:
             response = self._t._client.upload_part(
                 Bucket=self._t.bucket,
@@ -483,15 +668,16 @@ class S3Writer(WriterBase):
                 Body=buf.body(),
             )
         except Exception as exc:
+            self._pool.release(buf)
             raise self._t._error(f"uploading part {number} of", self.url, exc) from None
-        finally:
-            buf.close()
+        buf.drop_pages()
         with self._parts_lock:
             self._parts[number] = response["ETag"]
+        return buf
 
     def _drain(self) -> None:
         while self._pending:
-            self._pending.popleft().result()
+            self._pool.release(self._pending.popleft().result())
 
     def _shutdown_executor(self) -> None:
         for fut in self._pending:
@@ -506,10 +692,11 @@ class S3Writer(WriterBase):
         if self._upload_id is None:
             self._put_single()
             return
-        if self._buf.length:
+        if self._buf is not None and self._buf.length:
             self._send_part()
         self._drain()
         self._shutdown_executor()
+        self._pool.close()
         parts = [{"PartNumber": n, "ETag": self._parts[n]} for n in sorted(self._parts)]
         if len(parts) != self._part_number:
             raise TargetError(f"{self.url}: {self._part_number - len(parts)} parts missing")
@@ -525,19 +712,23 @@ class S3Writer(WriterBase):
         self._upload_id = None
 
     def _put_single(self) -> None:
-        buf = self._buf
+        body: Any = self._buf.body() if self._buf is not None else b""
         try:
             self._t._client.put_object(
-                Bucket=self._t.bucket, Key=self._key, Body=buf.body(), **self._t._put_args()
+                Bucket=self._t.bucket, Key=self._key, Body=body, **self._t._put_args()
             )
         except Exception as exc:
             raise self._t._error("uploading", self.url, exc) from None
         finally:
-            buf.close()
+            self._buf = None
+            self._pool.close()
 
     def _abort(self) -> None:
-        self._buf.close()
-        self._shutdown_executor()
+        self._shutdown_executor()  # no upload thread reads a buffer after this
+        if self._buf is not None:
+            self._buf.close()  # a spooled part is not in the pool
+            self._buf = None
+        self._pool.close()
         upload_id, self._upload_id = self._upload_id, None
         if upload_id is None:
             return
