@@ -222,6 +222,63 @@ def tail_level(samples: List[Dict[str, Any]], key: str) -> Any:
     return window[len(window) // 2]
 
 
+# -- finding a leak (a dev run, not the measurement) ---------------------------------
+
+# Runs the daemon with tracemalloc on and a thread that dumps a snapshot every
+# minute: minute-5 against the last one shows what grows per schedule or job.
+TRACEMALLOC_WRAPPER = """
+import ctypes, ctypes.util, json, runpy, sys, threading, time, tracemalloc
+out = sys.argv[1]
+sys.argv = ["backupagent"] + sys.argv[2:]
+tracemalloc.start(8)
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+        "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+libc.mallinfo2.restype = MallInfo2
+sqlite = ctypes.CDLL(ctypes.util.find_library("sqlite3"))
+sqlite.sqlite3_memory_used.restype = ctypes.c_int64
+
+def dump():
+    n = 0
+    while True:
+        time.sleep(60)
+        n += 1
+        tracemalloc.take_snapshot().dump(f"{out}/minute-{n:02d}.snap")
+        mi = libc.mallinfo2()
+        with open(f"{out}/memory.jsonl", "a") as fh:
+            fh.write(json.dumps({
+                "minute": n,
+                "pythonTracedMB": tracemalloc.get_traced_memory()[0] / 2**20,
+                "sqliteMB": sqlite.sqlite3_memory_used() / 2**20,
+                "mallocInUseMB": (mi.uordblks + mi.hblkhd) / 2**20,
+                "mallocFreeHeldMB": mi.fordblks / 2**20,
+                "mallocArenaMB": mi.arena / 2**20,
+                "threads": threading.active_count(),
+            }) + "\\n")
+threading.Thread(target=dump, name="tracemalloc-dump", daemon=True).start()
+runpy.run_module("backupagent", run_name="__main__", alter_sys=True)
+"""
+
+
+def compare_snapshots(old: Path, new: Path, top: int = 15) -> None:
+    import tracemalloc
+
+    a = tracemalloc.Snapshot.load(str(old))
+    b = tracemalloc.Snapshot.load(str(new))
+    total = sum(s.size for s in b.statistics("filename")) - sum(
+        s.size for s in a.statistics("filename")
+    )
+    print(f"traced Python memory {total / 1024:+.0f} KiB from {old.name} to {new.name}")
+    for stat in b.compare_to(a, "traceback")[:top]:
+        print(f"{stat.size_diff / 1024:+9.1f} KiB {stat.count_diff:+7d} blocks")
+        for line in stat.traceback.format()[-6:]:
+            print("    " + line)
+
+
 # -- the run ---------------------------------------------------------------------------
 
 
@@ -237,7 +294,24 @@ def main() -> int:
     ap.add_argument("--sample", type=float, default=3.0, help="seconds between samples")
     ap.add_argument("--out", type=Path, help="write the JSON result here")
     ap.add_argument("--keep", action="store_true", help="keep the work dir")
+    ap.add_argument(
+        "--tracemalloc",
+        type=Path,
+        metavar="DIR",
+        help="dev run: trace the agent's allocations and write a snapshot to DIR each "
+        "minute (slows the agent; compare with bench/soak.py --compare-snapshots)",
+    )
+    ap.add_argument(
+        "--compare-snapshots",
+        nargs=2,
+        type=Path,
+        metavar=("OLD", "NEW"),
+        help="print the allocation sites that grew most between two snapshots, then exit",
+    )
     args = ap.parse_args()
+    if args.compare_snapshots:
+        compare_snapshots(*args.compare_snapshots)
+        return 0
 
     work = Path(tempfile.mkdtemp(prefix="ba-soak-"))
     cp_db = work / "cp.db"
@@ -295,10 +369,11 @@ def main() -> int:
         )  # fmt: skip
 
         agent_log = open(agent_log_path, "w")  # noqa: SIM115 (closed with the process)
-        agent = subprocess.Popen(
-            [sys.executable, "-m", "backupagent", "run"],
-            env=aenv, stdout=agent_log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+        argv = [sys.executable, "-m", "backupagent", "run"]
+        if args.tracemalloc:
+            args.tracemalloc.mkdir(parents=True, exist_ok=True)
+            argv = [sys.executable, "-c", TRACEMALLOC_WRAPPER, str(args.tracemalloc), "run"]
+        agent = subprocess.Popen(argv, env=aenv, stdout=agent_log, stderr=subprocess.STDOUT)
         proc = psutil.Process(agent.pid)
         t_start = time.time()
         t_end = t_start + args.minutes * 60

@@ -26,6 +26,7 @@ from backupagent.config.model import AgentConfig
 from backupagent.config.parse import parse_config
 from backupagent.daemon import schedules, sdnotify
 from backupagent.daemon.heartbeat import Heartbeater
+from backupagent.daemon.memtrim import limit_arenas, release_freed_memory
 from backupagent.daemon.state import AgentState
 from backupagent.errors import AgentError, ConfigInvalid
 from backupagent.exitcodes import ExitCode
@@ -232,6 +233,7 @@ class Daemon:
         self.metrics.record_backup(
             db.database_name, db.db_type, result, duration_seconds=time.monotonic() - t0
         )
+        release_freed_memory()  # else glibc keeps the job's freed buffers: RSS creeps
         return result
 
     @property
@@ -258,6 +260,7 @@ class Daemon:
             self._cancel_running("CANCELLED")
 
     def start(self) -> None:
+        limit_arenas()  # before the scheduler's threads: a flat RSS (memtrim.py)
         self.load_cached_config()
         self.scheduler.start(paused=True)
         if self.config is not None:
