@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import mmap
-import sys
+import os
 
 import pytest
 
@@ -68,18 +68,22 @@ def test_empty_body_is_falsy_so_botocore_sends_content_length_zero() -> None:
     buf.close()
 
 
-@pytest.mark.skipif(
-    not sys.platform.startswith("linux") or not hasattr(mmap, "MADV_DONTNEED"),
-    reason="MADV_DONTNEED zero-fill semantics are Linux's",
-)
-def test_uploaded_buffer_gives_its_pages_back() -> None:
-    buf = _filled(b"x" * 4096 * 3)
-    buf.drop_pages()
-    # the pages were discarded: the private mapping reads as fresh zero pages
-    assert buf._mem is not None and buf._mem[:8] == b"\0" * 8
-    buf.reset()
-    buf.write(memoryview(b"again"))
-    assert buf.body().read() == b"again"
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_part_memory_is_a_private_mapping() -> None:
+    """Python's mmap(-1, n) default is MAP_SHARED (shmem); parts must be private memory.
+
+    A child's write to a private mapping is copy-on-write: the parent never sees it.
+    """
+    buf = _filled(b"parent")
+    pid = os.fork()
+    if pid == 0:  # the child
+        try:
+            assert buf._mem is not None
+            buf._mem[0:6] = b"child!"
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    assert buf.body().read() == b"parent"
     buf.close()
 
 
