@@ -130,7 +130,12 @@ def start_s3_server(root: Path, timeout: float = 60.0) -> S3Server:
         "-master.telemetry=false",
         "-master.volumeSizeLimitMB=256",
         f"-volume.port={volume_port}",
-        "-volume.max=0",
+        # A fixed slot count: 0 sizes it from the free disk (free / 256 MB),
+        # and every bucket grows its own volumes, so on a machine whose disk
+        # was filling with benchmark data the shared test server ran out of
+        # volumes after ~40 buckets (InternalError). Volumes are sparse files
+        # that grow with their data, so many slots cost no disk.
+        "-volume.max=2000",
         "-filer",
         f"-filer.port={filer_port}",
         "-s3",
