@@ -52,10 +52,22 @@ class ApiGuard:
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
         status: Dict[str, int] = {"code": 500}
         body = b""
+        recorded = False
+
+        async def record() -> None:
+            nonlocal recorded
+            if not recorded:
+                recorded = True
+                # sqlite calls block: keep them off the event loop
+                await run_in_threadpool(self._record, scope, headers, body, status["code"], started)
 
         async def recording_send(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                # Recorded before the last byte leaves: a client that has its
+                # answer finds its request in the log (tests read it at once).
+                await record()
             await send(message)
 
         try:
@@ -74,8 +86,7 @@ class ApiGuard:
                     return
             await self.app(scope, _replay(body, receive), recording_send)
         finally:
-            # sqlite calls block: keep them off the event loop
-            await run_in_threadpool(self._record, scope, headers, body, status["code"], started)
+            await record()  # no response sent (the client went away, an error)
 
     async def _read_body(
         self, receive: Receive, headers: List[Tuple[str, str]]
