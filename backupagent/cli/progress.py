@@ -40,12 +40,13 @@ class ProgressLine:
         """Restore progress callback (backupagent.jobs.restore.restore_backup):
         the dump fed to the restore tool, and how much of the stored object
         was read, as a percentage when its size is known."""
-        read = f"{human_size(stored)} read"
-        if total:
-            read += f" of {human_size(total)} ({min(100, stored * 100 // total)} %)"
         if stage == "checking":
-            read = "row counts against the manifest"
-        self.show(stage, fed, read)
+            extra = "row counts against the manifest"
+        else:
+            extra = f"{human_size(stored)} read"
+            if total:
+                extra += f" of {human_size(total)} ({min(100, stored * 100 // total)} %)"
+        self.show(stage, fed, extra)
 
     def done(self) -> None:
         if self.enabled and self._width:

@@ -11,21 +11,10 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import threading
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import (
-    Any,
-    Callable,
-    Dict,
-    Iterator,
-    List,
-    Optional,
-    Protocol,
-    Tuple,
-    runtime_checkable,
-)
+from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple, runtime_checkable
 
 from backupagent.errors import AgentError
 
@@ -282,33 +271,6 @@ def parse_database_url(url: str) -> ConnectionSpec:
         socket=socket,
         options=query,
     )
-
-
-@contextlib.contextmanager
-def on_cancel(cancel: Any, action: Callable[[], None], interval: float = 0.1) -> Iterator[None]:
-    """Run ``action`` once if ``cancel`` (a jobs.result.CancelToken) is set
-    while the block runs: how an engine interrupts a step that blocks in a
-    child process (a psql query, a connection attempt) when the job is
-    cancelled or times out. Without a token this does nothing."""
-    if cancel is None:
-        yield
-        return
-    done = threading.Event()
-
-    def watch() -> None:
-        while not done.is_set():
-            if cancel.wait(interval):
-                if not done.is_set():
-                    action()
-                return
-
-    thread = threading.Thread(target=watch, name="engine-cancel-watch", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        done.set()
-        thread.join(timeout=interval * 5)
 
 
 class DumpPlan:

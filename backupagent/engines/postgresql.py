@@ -20,6 +20,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+from backupagent.cancelwatch import CancelWatch
 from backupagent.engines.base import (
     AUTH_FAIL,
     DB_NOT_FOUND,
@@ -31,7 +32,6 @@ from backupagent.engines.base import (
     ConnectionSpec,
     DumpPlan,
     EngineError,
-    on_cancel,
     sort_snapshot,
     stderr_tail,
 )
@@ -347,7 +347,7 @@ class PostgresEngine:
         try:
             # A job cancelled here (a hung connection) kills the session:
             # the query in progress fails and the job reports CANCELLED.
-            with on_cancel(cancel, session.kill):
+            with CancelWatch(cancel, session.kill, interval=0.1):
                 version, version_num = session.query(
                     "SELECT current_setting('server_version') || '|' "
                     "|| current_setting('server_version_num')"

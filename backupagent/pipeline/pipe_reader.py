@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import array
 import contextlib
+import fcntl
 import os
 import select
+import termios
 from typing import Optional
 
 _F_GETPIPE_SZ = 1032  # Linux fcntl
@@ -42,9 +44,7 @@ class PipeReader:
     @classmethod
     def for_fd(cls, fd: int) -> Optional[PipeReader]:
         """A reader for ``fd``, or None when it is not a pipe we can measure."""
-        with contextlib.suppress(Exception):
-            import fcntl
-
+        with contextlib.suppress(OSError):
             capacity = fcntl.fcntl(fd, _F_GETPIPE_SZ)
             reader = cls(fd, capacity)
             reader.available()  # FIONREAD works here
@@ -53,9 +53,6 @@ class PipeReader:
 
     def available(self) -> int:
         """Bytes waiting in the pipe."""
-        import fcntl
-        import termios
-
         fcntl.ioctl(self.fd, termios.FIONREAD, self._count, True)
         return int(self._count[0])
 

@@ -18,6 +18,7 @@ import subprocess
 import threading
 from typing import Any, Dict, Iterable, List, Optional
 
+from backupagent.cancelwatch import CancelWatch
 from backupagent.logs import redact
 from backupagent.pipeline.errors import PipelineError
 
@@ -153,30 +154,12 @@ def kill_group(proc: subprocess.Popen) -> None:
             proc.kill()
 
 
-class CancelWatcher(threading.Thread):
-    """Kills a child as soon as a cancel token fires, even if nobody is reading.
-
-    Checking the token between chunks is not enough: a dump that hangs (lock
-    wait, dead network) never yields the next chunk. ``stop()`` ends the watch.
-    """
-
-    def __init__(self, proc: subprocess.Popen, cancel: Any, interval: float = 0.2) -> None:
-        super().__init__(name="cancel-watch", daemon=True)
-        self._proc = proc
-        self._cancel = cancel
-        self._interval = interval
-        self._done = threading.Event()
-        self.fired = False
-
-    def run(self) -> None:
-        while not self._done.is_set():
-            if self._cancel.wait(self._interval):
-                if not self._done.is_set():
-                    self.fired = True
-                    kill_group(self._proc)
-                return
-            if self._proc.poll() is not None:
-                return
-
-    def stop(self) -> None:
-        self._done.set()
+def watch_process(proc: subprocess.Popen, cancel: Any, interval: float = 0.2) -> CancelWatch:
+    """A watch that kills ``proc``'s process group as soon as ``cancel`` fires,
+    even if nobody is reading its output (see backupagent.cancelwatch)."""
+    return CancelWatch(
+        cancel,
+        lambda: kill_group(proc),
+        finished=lambda: proc.poll() is not None,
+        interval=interval,
+    )

@@ -36,13 +36,13 @@ from backupagent.pipeline.errors import (
     PipelineError,
 )
 from backupagent.pipeline.proc import (
-    CancelWatcher,
     StderrTail,
     describe_exit,
     kill_group,
     secret_env_values,
     spawn,
     tail_text,
+    watch_process,
 )
 from backupagent.pipeline.queues import Aborted, ByteQueue
 
@@ -407,7 +407,7 @@ def run_restore_pipeline(
     assert proc.stdin is not None and proc.stderr is not None
     stderr = StderrTail(proc.stderr)
     stderr.start()
-    watcher = CancelWatcher(proc, cancel) if cancel is not None else None
+    watcher = watch_process(proc, cancel) if cancel is not None else None
     if watcher is not None:
         watcher.start()
     queue = ByteQueue(_QUEUE_BYTES)

@@ -18,11 +18,11 @@ import os
 import subprocess
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
+from backupagent.cancelwatch import CancelWatch
 from backupagent.errors import AgentError
 from backupagent.pipeline.errors import DUMP_FAIL, PipelineError
 from backupagent.pipeline.pipe_reader import PipeReader
 from backupagent.pipeline.proc import (
-    CancelWatcher,
     StderrTail,
     describe_exit,
     grow_pipe,
@@ -30,6 +30,7 @@ from backupagent.pipeline.proc import (
     secret_env_values,
     spawn,
     tail_text,
+    watch_process,
 )
 
 CHUNK_SIZE = 1 << 20
@@ -81,7 +82,7 @@ class ProcessSource:
         self._proc: Optional[subprocess.Popen] = None
         self._pipe: Optional[PipeReader] = None
         self._stderr: Optional[StderrTail] = None
-        self._watcher: Optional[CancelWatcher] = None
+        self._watcher: Optional[CancelWatch] = None
         self._eof = False
         self._finished = False
         self._secrets = secret_env_values(env)
@@ -107,7 +108,7 @@ class ProcessSource:
         self._stderr = StderrTail(proc.stderr)
         self._stderr.start()
         if self.cancel is not None:
-            self._watcher = CancelWatcher(proc, self.cancel)
+            self._watcher = watch_process(proc, self.cancel)
             self._watcher.start()
 
     @property
