@@ -30,6 +30,7 @@ HISTORY_FILE = "history.db"
 DEFAULT_MAX_AGE_DAYS = 400
 DEFAULT_MAX_ROWS_PER_DATABASE = 5000
 _SCHEMA_VERSION = 1
+CACHE_KIB = 256
 
 _DDL = (
     """CREATE TABLE IF NOT EXISTS backups (
@@ -144,6 +145,9 @@ class History:
         try:
             con.execute("PRAGMA journal_mode=WAL")
             con.execute("PRAGMA synchronous=NORMAL")
+            # Baselines read a few recent rows per database; SQLite's default
+            # 2 MB page cache would only fill, page by page, as history grows.
+            con.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
             version = con.execute("PRAGMA user_version").fetchone()[0]
             with con:
                 for stmt in _DDL:

@@ -18,7 +18,7 @@ import shutil
 import threading
 from functools import cache
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from backupagent.cancelwatch import CancelWatch
 from backupagent.engines.base import (
@@ -161,12 +161,43 @@ def _binary_major(path: str) -> Optional[Tuple[int, str]]:
     return int(m.group(1)), line
 
 
+_VERSIONED_DIR = re.compile(r"^/usr/(?:lib/postgresql/|pgsql-)(\d+)/bin/[^/]+$")
+
+
+def _path_major(path: str) -> Optional[int]:
+    """The major version a packaged install's path names (``/usr/lib/postgresql/15/bin``)."""
+    m = _VERSIONED_DIR.match(path)
+    return int(m.group(1)) if m else None
+
+
+def _candidate_major(path: str) -> Optional[int]:
+    """A candidate's major: from its versioned directory, else by asking it.
+
+    Why not always ask: every ``--version`` is a process on the backup's
+    critical path (Debian's ``/usr/bin`` wrapper is a Perl script, ~40 ms).
+    The chosen binary is still asked once, for the manifest's version line.
+    """
+    major = _path_major(path)
+    if major is not None:
+        return major
+    info = _binary_major(path)
+    return info[0] if info else None
+
+
+def _is_debian_wrapper(path: str) -> bool:
+    return os.path.basename(os.path.realpath(path)) == "pg_wrapper"
+
+
 def tool_candidates(name: str) -> List[str]:
-    """Every installed copy of a PostgreSQL client tool, versioned dirs first."""
+    """Every installed copy of a PostgreSQL client tool, versioned dirs first.
+
+    PATH's copy is left out when it is Debian's ``pg_wrapper`` and versioned
+    copies exist: the wrapper only runs one of them, picked by its own rules.
+    """
     paths = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
     paths += sorted(glob.glob(f"/usr/pgsql-*/bin/{name}"))
     on_path = shutil.which(name)
-    if on_path:
+    if on_path and not (paths and _is_debian_wrapper(on_path)):
         paths.append(on_path)
     seen: List[str] = []
     for p in paths:
@@ -179,9 +210,9 @@ def newest_tool(name: str) -> str:
     """The highest-major installed copy of ``name`` (PATH's if none parses)."""
     best: Optional[Tuple[int, str]] = None
     for path in tool_candidates(name):
-        info = _binary_major(path)
-        if info is not None and (best is None or info[0] > best[0]):
-            best = (info[0], path)
+        major = _candidate_major(path)
+        if major is not None and (best is None or major > best[0]):
+            best = (major, path)
     if best is not None:
         return best[1]
     found = shutil.which(name)
@@ -190,33 +221,50 @@ def newest_tool(name: str) -> str:
     return found
 
 
+def _pick(
+    paths: List[str], server_major: int, major_of: Callable[[str], Optional[int]]
+) -> Optional[str]:
+    """The lowest major >= the server's (earlier candidates win ties)."""
+    best: Optional[Tuple[int, int, str]] = None
+    for index, path in enumerate(paths):
+        major = major_of(path)
+        if major is None or major < server_major:
+            continue
+        if best is None or (major, index) < best[:2]:
+            best = (major, index, path)
+    return best[2] if best else None
+
+
+def _asked_major(path: str) -> Optional[int]:
+    info = _binary_major(path)
+    return info[0] if info else None
+
+
 def select_tool(name: str, server_major: int) -> Tuple[str, str]:
     """The installed ``name`` whose major is the server's, else the oldest newer one.
 
     pg_dump refuses servers newer than itself, and an unnecessarily new one
-    may emit syntax an older server's restore does not understand.
+    may emit syntax an older server's restore does not understand. Returns
+    the path and its ``--version`` line.
     """
-    best: Optional[Tuple[int, int, str, str]] = None
-    found: List[str] = []
-    for index, path in enumerate(tool_candidates(name)):
-        info = _binary_major(path)
-        if info is None:
-            continue
-        major, line = info
-        found.append(f"{path} ({major})")
-        if major < server_major:
-            continue
-        key = (major, index, path, line)
-        if best is None or key[:2] < best[:2]:
-            best = key
-    if best is None:
-        have = ", ".join(found) or "none"
-        raise EngineError(
-            f"no {name} of version {server_major} or newer is installed (found: {have}); "
-            f"install postgresql-client-{server_major}",
-            code=TOOL_MISSING,
-        )
-    return best[2], best[3]
+    paths = tool_candidates(name)
+    choice = _pick(paths, server_major, _candidate_major)
+    if choice is not None:
+        info = _binary_major(choice)
+        if info is not None and info[0] == _candidate_major(choice):
+            return choice, info[1]
+        # A directory naming another version than its binary reports (a
+        # hand-made install): decide on what every binary says instead.
+        choice = _pick(paths, server_major, _asked_major)
+        info = _binary_major(choice) if choice else None
+        if choice is not None and info is not None:
+            return choice, info[1]
+    have = ", ".join(f"{p} ({_candidate_major(p)})" for p in paths) or "none"
+    raise EngineError(
+        f"no {name} of version {server_major} or newer is installed (found: {have}); "
+        f"install postgresql-client-{server_major}",
+        code=TOOL_MISSING,
+    )
 
 
 def classify(
@@ -284,10 +332,7 @@ class PostgresEngine:
     def psql_path(self) -> str:
         if self._psql:
             return self._psql
-        found = shutil.which("psql") or next(iter(tool_candidates("psql")[::-1]), None)
-        if not found:
-            raise EngineError("psql not found; install postgresql-client", code=TOOL_MISSING)
-        return found
+        return newest_tool("psql")
 
     def query(self, conn: ConnectionSpec, sql: str, timeout: float = 300) -> str:
         """Run read-only SQL with a one-shot psql (SQL on stdin, never argv)."""

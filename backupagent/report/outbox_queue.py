@@ -77,6 +77,9 @@ class OpenJob:
     created: float
 
 
+CACHE_KIB = 512
+
+
 def _open_db(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     if readonly:
         db = sqlite3.connect(
@@ -92,6 +95,11 @@ def _open_db(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
         db = sqlite3.connect(str(path), timeout=30.0, check_same_thread=False)
     db.row_factory = sqlite3.Row
     db.isolation_level = None  # explicit transactions only
+    # A small page cache: the queue's hot pages are its newest rows. SQLite's
+    # default (2 MB per connection) fills a page at a time as the file grows
+    # (a jobs row per job, kept 30 days), which showed as slow RSS growth in
+    # the daemon's soak (docs/performance.md, "Soak").
+    db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
     if not readonly:
         db.execute("PRAGMA journal_mode=WAL")
         # FULL: a committed status survives a power cut, not only a kill -9.

@@ -235,3 +235,44 @@ def get_spec(db_type: str, *, password=None, user="u", name="app", port=None):
         user=user,
         password=password,
     )
+
+
+def test_versioned_install_paths_name_their_major() -> None:
+    from backupagent.engines.postgresql import _path_major
+
+    assert _path_major("/usr/lib/postgresql/15/bin/pg_dump") == 15
+    assert _path_major("/usr/pgsql-16/bin/pg_dump") == 16
+    assert _path_major("/usr/bin/pg_dump") is None
+    assert _path_major("/usr/lib/postgresql/15/bin/../../../../tmp/pg_dump") is None
+
+
+def test_choosing_pg_dump_asks_only_the_chosen_binary(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each ``--version`` is a process before the dump starts (Debian's
+    /usr/bin wrapper is Perl, ~40 ms): a packaged install's major comes from
+    its directory and only the chosen binary is asked, for the manifest."""
+    import glob
+
+    from backupagent.engines import postgresql as pg
+
+    versioned = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_dump"))
+    require(bool(versioned), "a packaged pg_dump under /usr/lib/postgresql/N/bin")
+    asked = []
+    real = pg.run_tool
+
+    def spy(argv, env, **kw):
+        asked.append(argv[0])
+        return real(argv, env, **kw)
+
+    monkeypatch.setattr(pg, "run_tool", spy)
+    pg._binary_major.cache_clear()
+    try:
+        major = pg._path_major(versioned[0])
+        path, line = select_tool("pg_dump", major)
+    finally:
+        pg._binary_major.cache_clear()
+    assert path == versioned[0] and f"(PostgreSQL) {major}" in line
+    assert asked == [path]
+    on_path = _which("pg_dump")
+    if on_path and os.path.basename(os.path.realpath(on_path)) == "pg_wrapper":
+        assert on_path not in pg.tool_candidates("pg_dump")
+        assert get_engine("postgresql").psql_path().startswith("/usr/lib/postgresql/")

@@ -125,3 +125,13 @@ def test_corrupt_file_is_moved_aside(tmp_path: Path) -> None:
     aside = list(tmp_path.glob(HISTORY_FILE + ".corrupt-*"))
     assert len(aside) == 1
     assert aside[0].read_bytes().startswith(b"this is not")
+
+
+def test_page_cache_is_bounded_small(tmp_path: Path) -> None:
+    """SQLite's default 2 MB cache per connection only fills as history grows:
+    RSS creep in a long-running daemon (docs/performance.md, "Soak")."""
+    from backupagent.analysis.history import CACHE_KIB
+
+    with History.in_state_dir(tmp_path) as h:
+        assert h._con.execute("PRAGMA cache_size").fetchone()[0] == -CACHE_KIB
+    assert CACHE_KIB <= 512

@@ -450,3 +450,14 @@ def test_reporting_never_raises_when_the_queue_is_broken(tmp_path: Path, api: Re
     job = rep.start_job(_start())
     rep.job_status(job, JobStatusUpdate(status="dumping"))
     rep.job_logs(job, [_entry(1)])
+
+
+def test_queue_page_cache_is_bounded_small(tmp_path: Path) -> None:
+    from backupagent.report.outbox_queue import CACHE_KIB, OutboxQueue
+
+    queue = OutboxQueue(tmp_path)
+    try:
+        assert queue._db.execute("PRAGMA cache_size").fetchone()[0] == -CACHE_KIB
+    finally:
+        queue.close()
+    assert CACHE_KIB <= 512
