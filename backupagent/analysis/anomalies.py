@@ -42,6 +42,7 @@ class AnomalyThresholds:
 
     window_days: int = 30
     min_samples: int = 5
+    max_samples: int = 200
     sigmas: float = 2.0
     critical_fraction: float = 0.5
     min_relative_sigma: float = 0.01
@@ -53,6 +54,8 @@ class AnomalyThresholds:
     def __post_init__(self) -> None:
         if self.window_days < 1 or self.min_samples < 2:
             raise ValueError("window_days must be >= 1 and min_samples >= 2")
+        if self.max_samples < self.min_samples:
+            raise ValueError("max_samples must be >= min_samples")
         if not 0 < self.row_drop_fraction < 1 or not 0 < self.critical_fraction < 1:
             raise ValueError("row_drop_fraction and critical_fraction must be between 0 and 1")
 
@@ -146,7 +149,8 @@ def size_anomaly(
     lines = [f"Expected ~{human_bytes(lead.mean)}, got {human_bytes(lead.value)}."]
     detail = (
         f"{'Dump' if lead.metric == 'dump' else 'Compressed'} size compared with the average of "
-        f"{lead.count} successful backups in the last {t.window_days} days; normal range "
+        f"{lead.count} {'latest ' if lead.count >= t.max_samples else ''}successful backups "
+        f"in the last {t.window_days} days; normal range "
         f"{human_bytes(max(lead.low, 0))} to {human_bytes(lead.high)}."
     )
     lines.append(detail)
@@ -350,7 +354,11 @@ def analyze_backup(
     size_report: Optional[AnomalyReport] = None
     try:
         window = history.backups(
-            database_id, since=now - dt.timedelta(days=t.window_days), until=now, row_counts=False
+            database_id,
+            since=now - dt.timedelta(days=t.window_days),
+            until=now,
+            row_counts=False,
+            latest=t.max_samples,
         )
         size_report = size_anomaly(
             dump_size, compressed_size, window, t, database_label=database_label

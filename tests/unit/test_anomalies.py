@@ -286,3 +286,23 @@ def test_thresholds_are_validated() -> None:
         AnomalyThresholds(min_samples=1)
     with pytest.raises(ValueError):
         AnomalyThresholds(row_drop_fraction=1.5)
+
+
+def test_size_baseline_is_the_latest_max_samples_of_the_window(history: History) -> None:
+    """A backup reads at most ``max_samples`` earlier sizes, the newest ones, so
+    its work and memory stay flat however often the schedule runs."""
+    t = AnomalyThresholds(max_samples=10)
+    # An old regime of 100 GB, then ten days at 10 GB. Against the whole
+    # window (mean ~62 GB, sigma ~45 GB) 100 GB would pass unnoticed; against
+    # the latest ten it is ten times the average.
+    seed(history, [100 * GB] * 15 + [10 * GB] * 10)
+    later = NOW + dt.timedelta(hours=1)
+    (r,) = analyze(history, 100 * GB, thresholds=t, now=later)
+    assert r.title == "Backup size 10.0 times the average"
+    assert "average of 10 latest successful backups in the last 30 days" in r.description
+    assert analyze(history, 100 * GB, thresholds=AnomalyThresholds(), now=later) == []
+
+
+def test_max_samples_must_cover_min_samples() -> None:
+    with pytest.raises(ValueError):
+        AnomalyThresholds(min_samples=5, max_samples=4)

@@ -135,3 +135,18 @@ def test_page_cache_is_bounded_small(tmp_path: Path) -> None:
     with History.in_state_dir(tmp_path) as h:
         assert h._con.execute("PRAGMA cache_size").fetchone()[0] == -CACHE_KIB
     assert CACHE_KIB <= 512
+
+
+def test_latest_keeps_the_newest_samples_oldest_first(tmp_path: Path) -> None:
+    base = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
+    with History.in_state_dir(tmp_path) as h:
+        for i in range(8):
+            h.record_backup(
+                "db", when=base + dt.timedelta(hours=i), dump_size=i, compressed_size=i,
+                row_counts={},
+            )  # fmt: skip
+        got = h.backups("db", latest=3, row_counts=False)
+        assert [s.dump_size for s in got] == [5, 6, 7]
+        assert [s.dump_size for s in h.backups("db", until=base + dt.timedelta(hours=4),
+                                                latest=2)] == [3, 4]  # fmt: skip
+        assert len(h.backups("db")) == 8
