@@ -178,8 +178,10 @@ def _candidate_major(path: str) -> Optional[int]:
     The chosen binary is still asked once, for the manifest's version line.
     """
     major = _path_major(path)
-    if major is not None:
-        return major
+    return major if major is not None else _asked_major(path)
+
+
+def _asked_major(path: str) -> Optional[int]:
     info = _binary_major(path)
     return info[0] if info else None
 
@@ -233,11 +235,6 @@ def _pick(
         if best is None or (major, index) < best[:2]:
             best = (major, index, path)
     return best[2] if best else None
-
-
-def _asked_major(path: str) -> Optional[int]:
-    info = _binary_major(path)
-    return info[0] if info else None
 
 
 def select_tool(name: str, server_major: int) -> Tuple[str, str]:

@@ -166,3 +166,90 @@ def test_missing_file_is_db_not_found(tmp_path: Path) -> None:
         get_engine("sqlite").prepare_dump(spec(tmp_path / "nope.db"), tmp_path)
     assert info.value.code == "DB_NOT_FOUND"
     assert os.listdir(tmp_path) == []
+
+
+def _big_db(path: Path, rows: int = 20000) -> None:
+    con = sqlite3.connect(path)
+    con.execute("PRAGMA journal_mode=WAL")
+    con.execute("CREATE TABLE blobs (id INTEGER PRIMARY KEY, b BLOB)")
+    con.executemany("INSERT INTO blobs (b) VALUES (?)", [(os.urandom(400),) for _ in range(rows)])
+    con.commit()
+    con.close()
+
+
+def test_copy_in_many_steps_is_one_consistent_snapshot_under_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between steps the source's read transaction stays open: a writer does not
+    restart the copy, and the copy is the snapshot its counts describe."""
+    from backupagent.engines import sqlite as sqlite_engine
+
+    monkeypatch.setattr(sqlite_engine, "COPY_STEP_PAGES", 8)
+    src = tmp_path / "busy.db"
+    _big_db(src)
+    stop = threading.Event()
+    inserted = []
+
+    def writer() -> None:
+        con = sqlite3.connect(src, timeout=30)
+        while not stop.is_set():
+            con.execute("INSERT INTO blobs (b) VALUES (x'00')")
+            con.commit()
+            inserted.append(1)
+            time.sleep(0.0005)
+        con.close()
+
+    pages = sqlite3.connect(src).execute("PRAGMA page_count").fetchone()[0]
+    looks = _CancelAfter(10**9, "CANCELLED")  # never cancels; counts the steps
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        while not inserted:
+            time.sleep(0.01)
+        engine = get_engine("sqlite")
+        with engine.prepare_dump(spec(src), tmp_path / "work", cancel=looks) as plan:
+            copy = sqlite3.connect(f"file:{plan.source_file}?mode=ro", uri=True)
+            copied = copy.execute("SELECT count(*) FROM blobs").fetchone()[0]
+            copy.close()
+            counts = plan.row_counts
+    finally:
+        stop.set()
+        thread.join()
+    assert counts["blobs"] == copied >= 20000
+    steps = 10**9 - looks.n
+    assert steps <= pages // 8 + 5, f"{steps} steps for {pages} pages: the copy restarted"
+    final = sqlite3.connect(src).execute("SELECT count(*) FROM blobs").fetchone()[0]
+    assert final == 20000 + len(inserted)
+
+
+class _CancelAfter:
+    """A token that turns cancelled after ``n`` looks (mid-copy, deterministically)."""
+
+    def __init__(self, n: int, reason: str) -> None:
+        self.n, self.reason = n, reason
+
+    @property
+    def cancelled(self) -> bool:
+        self.n -= 1
+        return self.n < 0
+
+
+@pytest.mark.parametrize("reason", ["CANCELLED", "TIMEOUT"])
+def test_cancel_during_the_copy_stops_it_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reason: str
+) -> None:
+    from backupagent.engines import sqlite as sqlite_engine
+
+    monkeypatch.setattr(sqlite_engine, "COPY_STEP_PAGES", 8)
+    src = tmp_path / "big.db"
+    _big_db(src)
+    work = tmp_path / "work"
+    with pytest.raises(EngineError) as info:
+        get_engine("sqlite").prepare_dump(spec(src), work, cancel=_CancelAfter(3, reason))
+    assert info.value.code == reason
+    assert os.listdir(work) == []
+    # the source is untouched and not left locked
+    con = sqlite3.connect(src, timeout=1)
+    con.execute("INSERT INTO blobs (b) VALUES (x'01')")
+    con.commit()
+    con.close()
