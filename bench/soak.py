@@ -20,8 +20,12 @@ or missed. Every fire is accounted for: ran, skipped or missed.
                          [--max-jobs 2] [--heartbeat 1.5] [--out soak.json]
 
 Pass/fail (exit 1 on any failure): RSS flat, i.e. growth from the settled
-level (the median of minute 5, or of minute 2 in runs under 8 minutes) to the
-end (the median of the last minute) under 3 %; threads and fds flat (end
+level to the end (the median of the last minute) under 3 %. The settled
+level is the median of the minute when every bounded cache has filled: the
+anomaly baselines (the latest 200 sizes of each database) take
+200 x databases / schedules minutes under this compressed clock, 20 in the
+default run; runs shorter than twice that compare from minute 5 (2 under 8
+minutes), while the baselines are still filling. threads and fds flat (end
 within +2 of the settled level; thread peaks at most 3 per running job above
 it); the outbox backlog not growing (its last-minute median no higher than
 at the settled level, plus 10 % and 20 items of slack); observed concurrency
@@ -33,6 +37,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import os
 import shutil
 import signal
@@ -366,6 +371,13 @@ def main() -> int:
         "minute (slows the agent; compare with bench/soak.py --compare-snapshots)",
     )
     ap.add_argument(
+        "--settled-minute",
+        type=float,
+        metavar="N",
+        help="compare the end with the median of minute N (default: when the "
+        "history baselines are full, if the run is twice as long; else 5)",
+    )
+    ap.add_argument(
         "--heap-stats",
         type=Path,
         metavar="DIR",
@@ -510,6 +522,37 @@ def control_plane_jobs(cp_db: Path) -> Dict[str, int]:
     return {str(status): int(n) for status, n in rows}
 
 
+def history_warmup_minutes(schedules: int, databases: int) -> int:
+    """When every database's anomaly baseline holds its most samples.
+
+    Each backup reads its database's latest ``max_samples`` sizes from the
+    history (docs/anomalies.md), so what a backup reads grows until the
+    history holds that many. The compressed clock gives each database
+    schedules/databases backups a minute: 200 samples take 20 minutes in
+    the default soak, 8 days with an hourly schedule.
+    """
+    from backupagent.analysis.anomalies import DEFAULT_THRESHOLDS
+
+    per_minute = max(1.0, schedules / max(1, databases))
+    return math.ceil(DEFAULT_THRESHOLDS.max_samples / per_minute) + 1
+
+
+def settled_minute(args: argparse.Namespace) -> int:
+    """The minute whose median RSS the end is compared with.
+
+    After glibc's arenas, SQLite's page caches and the history baselines
+    have filled (``history_warmup_minutes``), when the run is at least twice
+    that long; otherwise minute 5 (2 in runs under 8 minutes), where only
+    the first of those has.
+    """
+    if args.settled_minute is not None:
+        return int(args.settled_minute)
+    warm = history_warmup_minutes(args.schedules, args.databases)
+    if args.minutes >= 2 * warm:
+        return warm
+    return 5 if args.minutes >= 8 else 2 if args.minutes > 3 else 0
+
+
 def analyse(
     args: argparse.Namespace,
     samples: List[Dict[str, Any]],
@@ -551,9 +594,7 @@ def analyse(
             }
         )
 
-    # The settled level: glibc arenas, caches and the first minutes' imports
-    # have filled by minute 5; shorter runs can only compare from minute 2.
-    settle = 5 if args.minutes >= 8 else 2 if args.minutes > 3 else 0
+    settle = settled_minute(args)
     since = t_start + settle * 60
     rss_ref, rss_end = level_at(samples, "rssMB", since), tail_level(samples, "rssMB")
     thr_ref, thr_end = level_at(samples, "threads", since), tail_level(samples, "threads")
