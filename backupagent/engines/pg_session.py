@@ -13,6 +13,7 @@ says why.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import threading
@@ -147,7 +148,12 @@ class PsqlSession:
                 proc.wait()
         for pipe in (proc.stdin, proc.stdout):
             if pipe is not None and not pipe.closed:
-                pipe.close()
+                # A psql that died (the server unreachable) left our last
+                # query in stdin's buffer; closing retries the flush and
+                # fails, after closing the descriptor. Nothing is lost, and
+                # the error that ended the session is the one to report.
+                with contextlib.suppress(OSError):
+                    pipe.close()
         self._reader.join(timeout=5)
         if proc.stderr is not None:
             proc.stderr.close()
