@@ -229,13 +229,12 @@ def tail_level(samples: List[Dict[str, Any]], key: str) -> Any:
 
 # -- finding a leak (a dev run, not the measurement) ---------------------------------
 
-# Runs the daemon with tracemalloc on and a thread that dumps a snapshot every
-# minute: minute-5 against the last one shows what grows per schedule or job.
-TRACEMALLOC_WRAPPER = """
-import ctypes, ctypes.util, json, runpy, sys, threading, time, tracemalloc
+# What both dev wrappers below share: they run the daemon in-process (argv
+# after DIR is the agent's) with glibc's and SQLite's counters at hand.
+_WRAPPER_PRELUDE = """
+import ctypes, ctypes.util, json, runpy, sys, threading, time
 out = sys.argv[1]
 sys.argv = ["backupagent"] + sys.argv[2:]
-tracemalloc.start(8)
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in (
@@ -246,6 +245,15 @@ libc = ctypes.CDLL(ctypes.util.find_library("c"))
 libc.mallinfo2.restype = MallInfo2
 sqlite = ctypes.CDLL(ctypes.util.find_library("sqlite3"))
 sqlite.sqlite3_memory_used.restype = ctypes.c_int64
+"""
+
+# Runs the daemon with tracemalloc on and a thread that dumps a snapshot every
+# minute: minute-5 against the last one shows what grows per schedule or job.
+TRACEMALLOC_WRAPPER = (
+    _WRAPPER_PRELUDE
+    + """
+import tracemalloc
+tracemalloc.start(8)
 
 def dump():
     n = 0
@@ -267,6 +275,7 @@ def dump():
 threading.Thread(target=dump, name="tracemalloc-dump", daemon=True).start()
 runpy.run_module("backupagent", run_name="__main__", alter_sys=True)
 """
+)
 
 
 # Where the daemon's RSS is, once a minute, without tracemalloc's overhead:
@@ -275,20 +284,9 @@ runpy.run_module("backupagent", run_name="__main__", alter_sys=True)
 # bytes in use, SQLite's memory, and the resident size of each kind of
 # mapping. Growth in "arenas RSS" while blocks stay flat is fragmentation
 # inside pymalloc (pools touched for the first time), not a leak.
-HEAP_STATS_WRAPPER = """
-import ctypes, ctypes.util, json, runpy, sys, threading, time
-out = sys.argv[1]
-sys.argv = ["backupagent"] + sys.argv[2:]
-
-class MallInfo2(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_size_t) for n in (
-        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
-        "uordblks", "fordblks", "keepcost")]
-
-libc = ctypes.CDLL(ctypes.util.find_library("c"))
-libc.mallinfo2.restype = MallInfo2
-sqlite = ctypes.CDLL(ctypes.util.find_library("sqlite3"))
-sqlite.sqlite3_memory_used.restype = ctypes.c_int64
+HEAP_STATS_WRAPPER = (
+    _WRAPPER_PRELUDE
+    + """
 
 def mappings():
     kb = {"heapRssMB": 0, "arenasRssMB": 0, "arenas": 0, "otherAnonRssMB": 0, "fileRssMB": 0}
@@ -331,6 +329,7 @@ def dump():
 threading.Thread(target=dump, name="heap-stats", daemon=True).start()
 runpy.run_module("backupagent", run_name="__main__", alter_sys=True)
 """
+)
 
 
 def compare_snapshots(old: Path, new: Path, top: int = 15) -> None:

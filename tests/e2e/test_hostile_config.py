@@ -180,8 +180,8 @@ def test_hostile_standalone_yaml_is_rejected_naming_the_field(
     config = tmp_path / "config.yaml"
     try:
         config.write_text(yaml.safe_dump(doc, allow_unicode=False))
-    except yaml.YAMLError:
-        pytest.skip("not representable in YAML")
+    except yaml.YAMLError as exc:  # a case that cannot reach the agent this way
+        pytest.fail(f"hostile case {name!r} is not representable in YAML ({exc})")
     res = agent.cli("run", "--once", "--config-file", str(config))
     assert res.returncode == ExitCode.CONFIG, (name, res.returncode, res.stderr[-2000:])
     assert _dotted(path) in res.stderr, (name, res.stderr[-2000:])

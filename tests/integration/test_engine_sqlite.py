@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import sqlite3
@@ -10,7 +11,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Iterator, List
 
 import pytest
 
@@ -60,33 +61,44 @@ def spec(path: Path) -> ConnectionSpec:
     return ConnectionSpec("sqlite", database_name=str(path))
 
 
+@contextlib.contextmanager
+def busy_writer(path: Path, sql: str) -> Iterator[List[int]]:
+    """Another connection committing ``sql`` every millisecond while the block
+    runs; yields the list of commits so far (one item each), after the first."""
+    stop = threading.Event()
+    commits: List[int] = []
+
+    def write() -> None:
+        con = sqlite3.connect(path, timeout=30)
+        while not stop.is_set():
+            con.execute(sql)
+            con.commit()
+            commits.append(1)
+            time.sleep(0.0005)
+        con.close()
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    try:
+        while not commits:
+            time.sleep(0.01)
+        yield commits
+    finally:
+        stop.set()
+        thread.join()
+
+
 def test_round_trip_while_a_writer_is_busy(tmp_path: Path) -> None:
     src = tmp_path / "live.db"
     make_db(src)
-    stop = threading.Event()
-
-    def writer() -> None:
-        con = sqlite3.connect(src, timeout=30)
-        while not stop.is_set():
-            con.execute("INSERT INTO log (msg) VALUES ('tick')")
-            con.commit()
-            time.sleep(0.001)
-        con.close()
-
-    thread = threading.Thread(target=writer)
-    thread.start()
     work = tmp_path / "work"
-    try:
-        time.sleep(0.2)
+    with busy_writer(src, "INSERT INTO log (msg) VALUES ('tick')"):
         engine = get_engine("sqlite")
         with engine.prepare_dump(spec(src), work) as plan:
             assert plan.source_file is not None and plan.argv == []
             assert stat.S_IMODE(os.stat(plan.source_file).st_mode) == 0o600
             with open(tmp_path / "backup.sqlite", "wb") as f:
                 stream_dump(engine, spec(src), plan, f.write)
-    finally:
-        stop.set()
-        thread.join()
     assert os.listdir(work) == []  # the private copy is gone
     assert plan.row_counts_exact is True
     assert plan.row_counts["users"] == 200 and plan.row_counts['odd "name"'] == 9
@@ -187,34 +199,15 @@ def test_copy_in_many_steps_is_one_consistent_snapshot_under_writes(
     monkeypatch.setattr(sqlite_engine, "COPY_STEP_PAGES", 8)
     src = tmp_path / "busy.db"
     _big_db(src)
-    stop = threading.Event()
-    inserted = []
-
-    def writer() -> None:
-        con = sqlite3.connect(src, timeout=30)
-        while not stop.is_set():
-            con.execute("INSERT INTO blobs (b) VALUES (x'00')")
-            con.commit()
-            inserted.append(1)
-            time.sleep(0.0005)
-        con.close()
-
     pages = sqlite3.connect(src).execute("PRAGMA page_count").fetchone()[0]
     looks = _CancelAfter(10**9, "CANCELLED")  # never cancels; counts the steps
-    thread = threading.Thread(target=writer)
-    thread.start()
-    try:
-        while not inserted:
-            time.sleep(0.01)
+    with busy_writer(src, "INSERT INTO blobs (b) VALUES (x'00')") as inserted:
         engine = get_engine("sqlite")
         with engine.prepare_dump(spec(src), tmp_path / "work", cancel=looks) as plan:
             copy = sqlite3.connect(f"file:{plan.source_file}?mode=ro", uri=True)
             copied = copy.execute("SELECT count(*) FROM blobs").fetchone()[0]
             copy.close()
             counts = plan.row_counts
-    finally:
-        stop.set()
-        thread.join()
     assert counts["blobs"] == copied >= 20000
     steps = 10**9 - looks.n
     assert steps <= pages // 8 + 5, f"{steps} steps for {pages} pages: the copy restarted"
