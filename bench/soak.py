@@ -215,16 +215,18 @@ def sample(proc: psutil.Process, state_dir: Path) -> Dict[str, Any]:
 
 
 def level_at(samples: List[Dict[str, Any]], key: str, since: float) -> Any:
-    """Median of ``key`` over the minute from ``since``: a level, not a spike."""
-    window = [s[key] for s in samples if since <= s["t"] < since + 60]
-    window = sorted(window) or [samples[0][key]]
-    return window[len(window) // 2]
+    """Median of ``key`` over the minute from ``since``: a level, not a spike.
+
+    Samples without a value (the outbox before its file exists) are left out.
+    """
+    window = sorted(s[key] for s in samples if since <= s["t"] < since + 60 and s[key] is not None)
+    return window[len(window) // 2] if window else samples[0][key]
 
 
 def tail_level(samples: List[Dict[str, Any]], key: str) -> Any:
     end = samples[-1]["t"]
-    window = sorted(s[key] for s in samples if s["t"] >= end - 60)
-    return window[len(window) // 2]
+    window = sorted(s[key] for s in samples if s["t"] >= end - 60 and s[key] is not None)
+    return window[len(window) // 2] if window else samples[-1][key]
 
 
 # -- finding a leak (a dev run, not the measurement) ---------------------------------
