@@ -165,7 +165,7 @@ def _from_schedule(app: AppContext, schedule_id: str, config_file: Optional[Path
 def _one_off(
     app: AppContext, database_url: str, target_url: str, recipients: Tuple[str, ...], level: int
 ) -> Any:
-    from backupagent.crypto.age import parse_recipient
+    from backupagent.crypto.recipient import parse_recipient
     from backupagent.engines.credentials import resolve_connection
     from backupagent.jobs.backup import BackupSpec
     from backupagent.report.local import LocalReporter

@@ -23,11 +23,16 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from backupagent.crypto import bech32
 from backupagent.crypto.errors import AgeHeaderError, AgeKeyError, AgeUnsupportedError
 from backupagent.crypto.header import Stanza, b64decode_raw, b64encode_raw, hkdf_sha256
+from backupagent.crypto.recipient import (  # noqa: F401 - re-exported
+    RECIPIENT_HRP,
+    Recipient,
+    _describe,
+    parse_recipient,
+)
 from backupagent.fsutil import PathLike, atomic_write, loose_permissions
 
 log = logging.getLogger(__name__)
 
-RECIPIENT_HRP = "age"
 IDENTITY_HRP = "AGE-SECRET-KEY-"
 PQ_IDENTITY_PREFIX = "AGE-SECRET-KEY-PQ-1"
 X25519_LABEL = b"age-encryption.org/v1/X25519"
@@ -58,40 +63,14 @@ def _raw_private(key: X25519PrivateKey) -> bytes:
     return key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
 
 
-def _describe(value: str) -> str:
-    """A recipient as it can be shown: shortened so a pasted blob stays readable."""
-    return repr(value if len(value) <= 80 else value[:70] + "...")
-
-
-class Recipient:
-    """An X25519 recipient (``age1...``): encrypting to it needs no secret."""
-
-    type_name = "X25519"
-
-    def __init__(self, public_key: bytes) -> None:
-        if len(public_key) != 32:
-            raise AgeKeyError("an X25519 recipient is 32 bytes")
-        self.public_key = bytes(public_key)
-
-    def __str__(self) -> str:
-        return bech32.encode(RECIPIENT_HRP, self.public_key)
-
-    def __repr__(self) -> str:
-        return f"Recipient({str(self)!r})"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Recipient) and other.public_key == self.public_key
-
-    def __hash__(self) -> int:
-        return hash(self.public_key)
-
-    def wrap(self, file_key: bytes) -> Stanza:
-        ephemeral = X25519PrivateKey.generate()
-        share = _raw_public(ephemeral.public_key())
-        shared = ephemeral.exchange(X25519PublicKey.from_public_bytes(self.public_key))
-        wrap_key = hkdf_sha256(shared, share + self.public_key, X25519_LABEL)
-        body = ChaCha20Poly1305(wrap_key).encrypt(_ZERO_NONCE, file_key, None)
-        return Stanza(type="X25519", args=[b64encode_raw(share).decode("ascii")], body=body)
+def wrap_x25519(public_key: bytes, file_key: bytes) -> Stanza:
+    """The X25519 stanza that wraps ``file_key`` for ``public_key`` (age spec)."""
+    ephemeral = X25519PrivateKey.generate()
+    share = _raw_public(ephemeral.public_key())
+    shared = ephemeral.exchange(X25519PublicKey.from_public_bytes(public_key))
+    wrap_key = hkdf_sha256(shared, share + public_key, X25519_LABEL)
+    body = ChaCha20Poly1305(wrap_key).encrypt(_ZERO_NONCE, file_key, None)
+    return Stanza(type="X25519", args=[b64encode_raw(share).decode("ascii")], body=body)
 
 
 class Identity:
@@ -232,37 +211,6 @@ class ScryptIdentity:
 def generate_identity() -> Identity:
     """A fresh X25519 identity from the OS CSPRNG (what ``age-keygen`` makes)."""
     return Identity(_raw_private(X25519PrivateKey.generate()))
-
-
-def parse_recipient(value: str) -> Recipient:
-    """Parse ``age1...``; the error names the value (public) and what to do."""
-    text = value.strip() if isinstance(value, str) else ""
-    fix = "use the public key printed by `age-keygen -y KEYFILE` or `backupagent keygen`"
-    if text.startswith(("AGE-SECRET-KEY-", "age-secret-key-")):
-        raise AgeKeyError(
-            "recipient: got a secret key (AGE-SECRET-KEY-...) where a public recipient "
-            f"(age1...) belongs; never share it, and {fix}"
-        )
-    if text.lower().startswith("age1pq1"):
-        raise AgeUnsupportedError(
-            f"recipient {_describe(text)}: post-quantum (age1pq) recipients are not "
-            "supported yet; use an X25519 recipient (age1...)"
-        )
-    try:
-        hrp, data = bech32.decode(text)
-    except bech32.Bech32Error as exc:
-        raise AgeKeyError(
-            f"recipient {_describe(text)}: not a valid age recipient ({exc}); {fix}"
-        ) from None
-    if hrp.lower() != RECIPIENT_HRP:
-        if text.startswith("ssh-"):
-            raise AgeUnsupportedError(
-                f"recipient {_describe(text)}: SSH recipients are not supported; {fix}"
-            )
-        raise AgeKeyError(f"recipient {_describe(text)}: expected the prefix 'age1'; {fix}")
-    if len(data) != 32:
-        raise AgeKeyError(f"recipient {_describe(text)}: wrong key length {len(data)}; {fix}")
-    return Recipient(data)
 
 
 def parse_identity(value: str) -> Identity:

@@ -10,6 +10,7 @@ ends that transaction.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -184,6 +185,26 @@ def _candidate_major(path: str) -> Optional[int]:
 def _asked_major(path: str) -> Optional[int]:
     info = _binary_major(path)
     return info[0] if info else None
+
+
+def _probe_versions(name: str) -> threading.Thread:
+    """Ask every installed ``name`` for its version in a background thread.
+
+    Why: choosing pg_dump needs the server's major, known only once psql has
+    connected, and the chosen binary's ``--version`` line (for the manifest)
+    is another process before the dump can start. Asked while psql is still
+    connecting, it is cached (``_binary_major``) by the time it is needed.
+    Join the thread before choosing; errors are left for the choice to meet.
+    """
+
+    def probe() -> None:
+        with contextlib.suppress(Exception):
+            for path in tool_candidates(name):
+                _binary_major(path)
+
+    thread = threading.Thread(target=probe, name=f"{name}-versions", daemon=True)
+    thread.start()
+    return thread
 
 
 def _is_debian_wrapper(path: str) -> bool:
@@ -382,6 +403,7 @@ class PostgresEngine:
         def on_error(rc: int, stderr: bytes) -> EngineError:
             return classify(conn, "psql", rc, stderr, "dump")
 
+        probe = _probe_versions("pg_dump")  # while psql connects
         session = PsqlSession(
             self.psql_path(), conninfo(conn, client_encoding="UTF8"), env, on_error
         )
@@ -390,17 +412,20 @@ class PostgresEngine:
             # A job cancelled here (a hung connection) kills the session:
             # the query in progress fails and the job reports CANCELLED.
             with CancelWatch(cancel, session.kill, interval=0.1):
-                version, version_num = session.query(
+                # One round trip: the snapshot does not depend on which
+                # pg_dump is chosen, only pg_dump's start does.
+                head, _, snapshot = session.query(
                     "SELECT current_setting('server_version') || '|' "
-                    "|| current_setting('server_version_num')"
-                ).rsplit("|", 1)
-                pg_dump, tool_line = select_tool("pg_dump", int(version_num) // 10000)
-                session.query(
+                    "|| current_setting('server_version_num');\n"
                     "SET idle_in_transaction_session_timeout = 0;\n"
                     "SET statement_timeout = 0;\n"
-                    "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
-                )
-                snapshot = _snapshot_id(session.query("SELECT pg_export_snapshot()").strip())
+                    "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;\n"
+                    "SELECT pg_export_snapshot()"
+                ).partition("\n")
+                version, _, version_num = head.rpartition("|")
+                snapshot = _snapshot_id(snapshot.strip())
+                probe.join()
+                pg_dump, tool_line = select_tool("pg_dump", int(version_num) // 10000)
                 self._inspect_in_snapshot(plan, session)
         except BaseException:
             plan.close()

@@ -241,7 +241,9 @@ def run_backup_pipeline(
     recipients = list(recipients or [])
     encrypted = bool(recipients)
     if encrypted:
-        from backupagent.crypto.age import Encryptor, parse_recipient
+        # Only the recipients' syntax is checked before the dump starts; the
+        # cryptography library loads in the upload thread, while pg_dump runs.
+        from backupagent.crypto.recipient import parse_recipient
 
         try:
             parsed = [parse_recipient(r) if isinstance(r, str) else r for r in recipients]
@@ -288,6 +290,8 @@ def run_backup_pipeline(
     # -- upload thread: compressed queue -> [age] -> writer -----------------
     def uploader() -> None:
         try:
+            if encrypted:
+                from backupagent.crypto.age import Encryptor
             head: Any = stored_tap
             encryptor: Any = None
             last_progress = time.perf_counter()

@@ -69,6 +69,10 @@ def test_zstd_cli_reads_unencrypted_output(tools, tmp_path) -> None:
     assert hashlib.sha256(stored).hexdigest() == res.sha256
     assert len(stored) == res.stored_size
     subprocess.run([tools["zstd"], "-t", "-q", str(path)], check=True)  # checksum verified
+    listing = subprocess.run(
+        [tools["zstd"], "-lv", str(path)], check=True, capture_output=True, text=True
+    ).stdout
+    assert "# Zstandard Frames: 2" in listing, listing  # ~8 MB in 4 MiB frames, read as one
     out = subprocess.run(
         [tools["zstd"], "-d", "-c", str(path)], check=True, capture_output=True
     ).stdout

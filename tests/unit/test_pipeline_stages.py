@@ -10,7 +10,13 @@ import pytest
 import zstandard
 
 from backupagent.pipeline.errors import PipelineError
-from backupagent.pipeline.stages import Tap, ZstdCompressor, default_threads, host_cpus
+from backupagent.pipeline.stages import (
+    FRAME_SIZE,
+    Tap,
+    ZstdCompressor,
+    default_threads,
+    host_cpus,
+)
 
 
 class Sink:
@@ -23,6 +29,24 @@ class Sink:
 
     def close(self) -> None:
         self.closed += 1
+
+
+def _unzstd(data: bytes) -> bytes:
+    reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data), read_across_frames=True)
+    return reader.read()
+
+
+def _frames(data: bytes) -> int:
+    """Frames in a zstd stream, each checked to carry a content checksum."""
+    n = 0
+    while data:
+        assert zstandard.get_frame_parameters(data).has_checksum
+        obj = zstandard.ZstdDecompressor().decompressobj()
+        obj.decompress(data)  # stops at the end of the first frame
+        assert obj.eof
+        data = obj.unused_data
+        n += 1
+    return n
 
 
 def _data(n: int) -> bytes:
@@ -74,10 +98,36 @@ def test_zstd_round_trip_with_checksum(threads: int) -> None:
     assert sink.closed == 1
     assert z.bytes_in == len(data)
     assert z.bytes_out == len(out) < len(data)
-    params = zstandard.get_frame_parameters(out)
-    assert params.has_checksum
-    plain = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(out)).read()
-    assert plain == data
+    # One stream from worker threads; 4 MiB frames in the calling thread.
+    assert _frames(out) == (1 if threads > 1 else 2)
+    assert _unzstd(out) == data
+
+
+@pytest.mark.parametrize("size", [FRAME_SIZE - 1, FRAME_SIZE, FRAME_SIZE + 1, 2 * FRAME_SIZE])
+def test_frames_are_cut_at_frame_size_whatever_the_writes(size: int) -> None:
+    data = _data(size)
+    sink = Sink()
+    z = ZstdCompressor(sink, level=1, threads=0)
+    i = 0
+    for step in (1, 7, 333_333, 1 << 20, 3 << 20):  # writes that straddle frames
+        z.write(memoryview(data)[i : i + step])
+        i += step
+    z.write(data[i:])
+    z.close()
+    out = sink.buf.getvalue()
+    assert _frames(out) == -(-size // FRAME_SIZE)  # no empty frame at an exact multiple
+    assert _unzstd(out) == data
+    assert z.bytes_in == size and z.bytes_out == len(out)
+
+
+def test_levels_above_three_stay_one_frame_in_one_thread() -> None:
+    data = _data(FRAME_SIZE + 5000)
+    sink = Sink()
+    z = ZstdCompressor(sink, level=4, threads=0)
+    z.write(data)
+    z.close()
+    out = sink.buf.getvalue()
+    assert _frames(out) == 1 and _unzstd(out) == data
 
 
 @pytest.mark.parametrize("level", [1, 3])
@@ -100,7 +150,7 @@ def test_zstd_empty_input_is_a_valid_empty_frame() -> None:
     z.close()
     out = sink.buf.getvalue()
     assert out[:4] == b"\x28\xb5\x2f\xfd"
-    assert zstandard.ZstdDecompressor().stream_reader(io.BytesIO(out)).read() == b""
+    assert _frames(out) == 1 and _unzstd(out) == b""
 
 
 def test_zstd_corruption_is_detected_by_the_checksum() -> None:
