@@ -548,7 +548,16 @@ def summarize(results: Dict[str, List[dict]]) -> Dict[str, Any]:
     ratios = {}
     for label, a, n in pairs:
         if a in summ and n in summ:
+            # Paired: each repetition's agent run over its native run. The two
+            # run within seconds of each other, so a noisy neighbour that slows
+            # a whole repetition cancels out; on a shared machine this is the
+            # steadier figure (the ratio of medians mixes different moments).
+            paired = [ra["wall_s"] / rn["wall_s"] for ra, rn in zip(results[a], results[n])]
             ratios[label] = {
+                "paired_median": statistics.median(paired),
+                "paired_min": min(paired),
+                "paired_max": max(paired),
+                "wins": sum(1 for x in paired if x <= 1.0),
                 "median": summ[a]["median_wall_s"] / summ[n]["median_wall_s"],
                 "best": summ[a]["min_wall_s"] / summ[n]["min_wall_s"],
                 "cpu": summ[a]["median_cpu_s"] / summ[n]["median_cpu_s"],
@@ -583,7 +592,9 @@ def print_table(summ: Dict[str, Any], meta: Dict[str, Any]) -> None:
                   f"{s['median_process_overhead_ms']:.0f} ms")  # fmt: skip
     for label, r in summ["ratios"].items():
         print(
-            f"ratio agent/native {label:18s}: median {r['median']:.3f}, best-of "
+            f"ratio agent/native {label:18s}: paired median {r['paired_median']:.3f} "
+            f"({r['paired_min']:.3f}-{r['paired_max']:.3f}, agent <= native in "
+            f"{r['wins']}/{meta['reps']}), ratio of medians {r['median']:.3f}, best-of "
             f"{r['best']:.3f}, CPU {r['cpu']:.3f}"
         )
 
