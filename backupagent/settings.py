@@ -13,7 +13,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import yaml
 
@@ -150,6 +150,7 @@ def save_registration(
     """Persist a registration: key file first, so agent.yaml never names a key
     that is not on disk."""
     settings.config_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+    new_files = [p for p in (settings.api_key_file, settings.settings_file) if not p.exists()]
     atomic_write(settings.api_key_file, (api_key + "\n").encode("utf-8"), mode=0o600)
     path = settings.settings_file
     existing: Dict[str, Any] = {}
@@ -161,4 +162,34 @@ def save_registration(
     body = "# Written by `backupagent register`. The API key is in api-key (mode 0600).\n"
     body += yaml.safe_dump(existing, sort_keys=True)
     atomic_write(path, body.encode("utf-8"), mode=0o640)
+    _give_to_service_account(settings, new_files)
     settings.server_url, settings.agent_id, settings.hostname = server_url, agent_id, hostname
+
+
+def _give_to_service_account(settings: Settings, new_files: List[Path]) -> None:
+    """Hand files root just created to the account the daemon runs as.
+
+    Why: ``sudo backupagent register`` run by hand, before the service first
+    starts, would otherwise leave a root-owned 0600 ``api-key`` that the
+    daemon (``User=backupagent``) cannot read. The installer makes the config
+    directory ``root:<service group>``; when that group names a user, the key
+    becomes that user's (0600) and agent.yaml ``root:<group>`` (0640), as
+    install.sh arranges them. Files that already existed keep their owner
+    (``atomic_write``); anything else, or no root, leaves ownership alone.
+    """
+    if not new_files or not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return
+    import grp
+    import pwd
+
+    gid = settings.config_dir.stat().st_gid
+    if gid == 0:
+        return
+    try:
+        user = pwd.getpwnam(grp.getgrgid(gid).gr_name)
+    except KeyError:
+        return
+    for path in new_files:
+        uid = user.pw_uid if path == settings.api_key_file else 0
+        os.chown(path, uid, gid)
+        log.info("gave %s to %s:%s", path, "root" if uid == 0 else user.pw_name, user.pw_name)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from backupagent.fsutil import atomic_write
+from tests.servers import require
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
 
@@ -50,3 +53,72 @@ def test_re_registering_as_root_leaves_the_key_to_the_service_user(tmp_path: Pat
     st = os.stat(settings.api_key_file)
     assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (4321, 0o600)
     assert settings.read_api_key() == "k2"
+
+
+def _user_with_own_group() -> Any:
+    """A non-root account whose primary group bears its name (install.sh's
+    `useradd --user-group backupagent` shape), or None."""
+    import grp
+    import pwd
+
+    for user in pwd.getpwall():
+        with contextlib.suppress(KeyError):
+            if user.pw_uid != 0 and grp.getgrgid(user.pw_gid).gr_name == user.pw_name:
+                return user
+    return None
+
+
+@needs_root
+def test_a_first_registration_by_root_gives_the_key_to_the_service_user(tmp_path: Path) -> None:
+    """`sudo backupagent register` by hand, in the directory install.sh made
+    (root:<service group> 0750): the daemon, running as that user, must be able
+    to read its key, and nobody else."""
+    from backupagent.settings import load_settings, save_registration
+
+    user = _user_with_own_group()
+    require(user is not None, "an account whose primary group has its name (useradd -U)")
+    etc = tmp_path / "etc"
+    etc.mkdir(mode=0o750)
+    os.chown(etc, 0, user.pw_gid)
+    settings = load_settings(etc, tmp_path / "state")
+    save_registration(
+        settings, server_url="https://cp.example", agent_id="a1", api_key="k1", hostname="h"
+    )
+    key, yml = os.stat(settings.api_key_file), os.stat(settings.settings_file)
+    assert (key.st_uid, key.st_gid, stat.S_IMODE(key.st_mode)) == (user.pw_uid, user.pw_gid, 0o600)
+    assert (yml.st_uid, yml.st_gid, stat.S_IMODE(yml.st_mode)) == (0, user.pw_gid, 0o640)
+    # Re-registering keeps that (atomic_write keeps owners of replaced files).
+    save_registration(
+        settings, server_url="https://cp.example", agent_id="a2", api_key="k2", hostname="h"
+    )
+    assert os.stat(settings.api_key_file).st_uid == user.pw_uid
+    assert settings.read_api_key() == "k2"
+
+
+@needs_root
+def test_a_registration_in_a_root_group_directory_stays_roots(tmp_path: Path) -> None:
+    import grp
+
+    from backupagent.settings import load_settings, save_registration
+
+    etc = tmp_path / "etc"
+    etc.mkdir(mode=0o750)
+    lonely = next((g for g in grp.getgrall() if g.gr_gid != 0 and not _has_user(g.gr_name)), None)
+    require(lonely is not None, "a group with no same-named user")
+    os.chown(etc, 0, lonely.gr_gid)  # a group that names no user: nothing to guess
+    settings = load_settings(etc, tmp_path / "state")
+    save_registration(
+        settings, server_url="https://cp.example", agent_id="a1", api_key="k1", hostname="h"
+    )
+    assert os.stat(settings.api_key_file).st_uid == 0
+    assert os.stat(settings.settings_file).st_uid == 0
+
+
+def _has_user(name: str) -> bool:
+    import pwd
+
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
