@@ -24,7 +24,7 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import zstandard
 
@@ -45,12 +45,20 @@ from backupagent.pipeline.proc import (
     watch_process,
 )
 from backupagent.pipeline.queues import Aborted, ByteQueue
+from backupagent.pipeline.zstd_framing import (
+    MARKER_MAGIC,
+    MAX_MARKER_PAYLOAD,
+    START_PAYLOAD,
+    ZSTD_MAGIC,
+    is_skippable_magic,
+    looks_zstd,
+    parse_end,
+)
 
 log = logging.getLogger(__name__)
 
 CHUNK_SIZE = 1 << 20
 PROGRESS_INTERVAL = 0.5  # seconds between progress callbacks
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 AGE_MAGIC = b"age-encryption.org/v1"
 AGE_ARMOR = b"-----BEGIN AGE ENCRYPTED FILE-----"
 _QUEUE_BYTES = 8 * CHUNK_SIZE
@@ -110,7 +118,10 @@ class ZstdFrameTracker:
 
     Only headers are parsed; block contents are skipped by size, so this
     costs a few Python steps per 128 KiB block. ``complete`` tells whether
-    the bytes so far end exactly on a frame boundary after at least one frame.
+    the bytes so far end exactly on a frame boundary after at least one frame
+    and, for a stream that opened with the agent's start marker, with its
+    end marker last and naming as many data frames as were seen
+    (``zstd_framing``; ``end`` then holds the plaintext length to compare).
     """
 
     def __init__(self) -> None:
@@ -119,11 +130,28 @@ class ZstdFrameTracker:
         self._state = "magic"
         self._need = 4
         self._checksum = False
+        self._ours = False
         self.frames = 0
+        self.marked = False
+        self.end: Optional[Tuple[int, int]] = None
+        self._after_end = False
 
     @property
     def complete(self) -> bool:
-        return self._state == "magic" and not self._buf and not self._skip and self.frames > 0
+        if not (self._state == "magic" and not self._buf and not self._skip and self.frames):
+            return False
+        if not self.marked:
+            return True
+        return self.end is not None and not self._after_end and self.end[1] == self.frames
+
+    def why_incomplete(self) -> str:
+        if self._state != "magic" or self._buf or self._skip or not self.frames:
+            return "it ends inside a frame"
+        if self.end is None:
+            return f"it ends after {self.frames} frames without the end marker the agent writes"
+        if self._after_end:
+            return "frames follow its end marker"
+        return f"its end marker counts {self.end[1]} frames, the stream holds {self.frames}"
 
     def feed(self, data: Any) -> None:
         view = memoryview(data).cast("B")
@@ -146,15 +174,28 @@ class ZstdFrameTracker:
         state = self._state
         if state == "magic":
             if head == ZSTD_MAGIC:
+                self._after_end = self._after_end or self.end is not None
                 self._state, self._need = "descriptor", 1
-            elif head[1:] == b"\x2a\x4d\x18" and 0x50 <= head[0] <= 0x5F:
+            elif is_skippable_magic(head):
+                self._ours = head == MARKER_MAGIC
                 self._state, self._need = "skippable", 4
             else:
                 raise PipelineError(
                     "not a zstd stream: unknown frame magic " + head.hex(), code=DECOMPRESS_FAIL
                 )
         elif state == "skippable":
-            self._skip = int.from_bytes(head, "little")
+            size = int.from_bytes(head, "little")
+            if self._ours and 0 < size <= MAX_MARKER_PAYLOAD:
+                self._state, self._need = "marker", size
+            else:
+                self._skip = size
+                self._state, self._need = "magic", 4
+        elif state == "marker":
+            if head == START_PAYLOAD and not self.frames and self.end is None:
+                self.marked = True
+            elif parse_end(head) is not None:
+                self._after_end = self._after_end or self.end is not None
+                self.end = parse_end(head)
             self._state, self._need = "magic", 4
         elif state == "descriptor":
             fhd = head[0]
@@ -237,7 +278,7 @@ class RestoreStream:
             src = open_decrypting_reader(src, list(identities))
         if compressed is None:  # look at the (decrypted) plaintext's first bytes
             src = _Peekable(src)
-            compressed = src.peek(4) == ZSTD_MAGIC
+            compressed = looks_zstd(src.peek(4))
         self.compressed = compressed
         if compressed:
             self._tracker = ZstdFrameTracker()
@@ -282,8 +323,15 @@ class RestoreStream:
                 )
             if not self._tracker.complete:
                 raise PipelineError(
-                    "the backup's zstd stream is truncated: it ends inside a frame "
-                    f"after {self._hashing.bytes} stored bytes",
+                    f"the backup's zstd stream is truncated: {self._tracker.why_incomplete()} "
+                    f"(after {self._hashing.bytes} stored bytes)",
+                    code=DECOMPRESS_FAIL,
+                )
+            end = self._tracker.end
+            if self._tracker.marked and end is not None and end[0] != self.dump_size:
+                raise PipelineError(
+                    f"the backup decompresses to {self.dump_size} bytes, but its end marker "
+                    f"says {end[0]}: it is corrupt",
                     code=DECOMPRESS_FAIL,
                 )
         # Whatever the layers above did not need still counts for the digest.
@@ -322,7 +370,7 @@ def detect_format(reader: Any) -> tuple:
     head = peek.peek(len(AGE_ARMOR))
     if head.startswith(AGE_MAGIC) or head.startswith(AGE_ARMOR):
         return peek, True, None
-    return peek, False, head.startswith(ZSTD_MAGIC)
+    return peek, False, looks_zstd(head)
 
 
 def open_restore_stream(

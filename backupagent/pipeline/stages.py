@@ -22,6 +22,7 @@ from typing import Any, Dict, Optional
 import zstandard
 
 from backupagent.pipeline.errors import COMPRESS_FAIL, PipelineError
+from backupagent.pipeline.zstd_framing import START_MARKER, end_marker
 
 # Multi-threaded zstd compresses in jobs; its default job for level 3 is 8 MiB,
 # and it keeps several jobs' input and output in flight (~50 MB RSS with two
@@ -109,7 +110,9 @@ class Tap:
 # less CPU (3.1-3.4 s against 3.5-4.6 s) and a slightly smaller output
 # (170.5 MB against 171.4 MB: at 4 MiB a frame is twice level 3's 2 MiB window,
 # so little history is lost at the seams). Concatenated frames are standard
-# zstd: ``zstd -d`` and every decoder read them as one stream.
+# zstd: ``zstd -d`` and every decoder read them as one stream. Skippable
+# frames before and after them let a restore tell a stream cut between two
+# frames from a whole one (``zstd_framing``).
 FRAME_SIZE = 4 << 20
 FRAMED_MAX_LEVEL = 3
 
@@ -121,7 +124,8 @@ class ZstdCompressor:
     without the GIL, overlapping with our reading and encrypting); ``-1``
     means ``default_threads(level)``, and ``0`` or ``1`` compresses in the
     calling thread (which releases the GIL while it does): up to level 3 as
-    a series of ``FRAME_SIZE`` frames (see there), above it as one frame.
+    a series of ``FRAME_SIZE`` frames between start and end markers (see
+    there), above it as one frame.
     Output comes in bursts (a frame, or a multi-threaded job, at a time);
     downstream must not assume a chunk per input chunk. ``job_size`` sets
     the size of the worker threads' jobs (memory vs. per-job overhead).
@@ -153,6 +157,7 @@ class ZstdCompressor:
         self._closed = False
         self._frame: Optional[memoryview] = None
         self._filled = 0
+        self._frames = 0
         try:
             if threads <= 1 and level <= FRAMED_MAX_LEVEL:
                 self._cctx = zstandard.ZstdCompressor(level=level, write_checksum=True)
@@ -189,7 +194,10 @@ class ZstdCompressor:
 
     def _end_frame(self) -> None:
         assert self._frame is not None
+        if not self._frames:
+            self._put(START_MARKER)
         self._emit(self._cctx.compress, self._frame[: self._filled])
+        self._frames += 1
         self._filled = 0
 
     def _emit(self, compress: Any, data: Any) -> None:
@@ -198,8 +206,11 @@ class ZstdCompressor:
         except zstandard.ZstdError as exc:
             raise PipelineError(f"zstd compression failed: {exc}", code=COMPRESS_FAIL) from None
         if out:
-            self.bytes_out += len(out)
-            self.sink.write(out)
+            self._put(out)
+
+    def _put(self, out: bytes) -> None:
+        self.bytes_out += len(out)
+        self.sink.write(out)
 
     def close(self) -> None:
         """End the last frame (flush every worker, write the checksum), then close the sink."""
@@ -208,8 +219,10 @@ class ZstdCompressor:
         self._closed = True
         if self._frame is None:
             self._emit(self._cobj.flush, zstandard.COMPRESSOBJ_FLUSH_FINISH)
-        elif self._filled or not self.bytes_in:
-            self._end_frame()  # an empty input is still one (empty) frame
+        else:
+            if self._filled or not self._frames:
+                self._end_frame()  # an empty input is still one (empty) frame
+            self._put(end_marker(self.bytes_in, self._frames))
         self._frame = None
         if self.close_sink:
             _close(self.sink)

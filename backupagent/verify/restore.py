@@ -29,7 +29,6 @@ log = logging.getLogger(__name__)
 PATH_STORED = "stored-object"
 PATH_SPOOL = "local-spool"
 READ_SIZE = 1024 * 1024
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
 def _is_encrypted(manifest: Any) -> Optional[bool]:
@@ -133,6 +132,7 @@ def open_source(
     """Open the restore stream, choosing the stored object when this host can decrypt it."""
     from backupagent.crypto.errors import AgeNoIdentityMatchError
     from backupagent.pipeline.restore import open_restore_stream
+    from backupagent.pipeline.zstd_framing import looks_zstd
 
     expected = (manifest or {}).get("sha256")
     encrypted = _is_encrypted(manifest)
@@ -172,7 +172,7 @@ def open_source(
     head = source._file.read(4)
     source._file.seek(0)
     source._stream = open_restore_stream(
-        source._file, (), encrypted=False, compressed=head == ZSTD_MAGIC
+        source._file, (), encrypted=False, compressed=looks_zstd(head)
     )
     source._hasher = threading.Thread(
         target=_hash_object, args=(target, object_key, source), name="verify-sha", daemon=True

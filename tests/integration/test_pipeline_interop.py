@@ -72,7 +72,8 @@ def test_zstd_cli_reads_unencrypted_output(tools, tmp_path) -> None:
     listing = subprocess.run(
         [tools["zstd"], "-lv", str(path)], check=True, capture_output=True, text=True
     ).stdout
-    assert "# Zstandard Frames: 2" in listing, listing  # ~8 MB in 4 MiB frames, read as one
+    # ~8 MB in two 4 MiB frames between the start and end markers, read as one stream
+    assert "# Zstandard Frames: 2" in listing and "# Skippable Frames: 2" in listing, listing
     out = subprocess.run(
         [tools["zstd"], "-d", "-c", str(path)], check=True, capture_output=True
     ).stdout

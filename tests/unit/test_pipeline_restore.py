@@ -20,6 +20,7 @@ from backupagent.pipeline.restore import (
 )
 from backupagent.pipeline.run import run_backup_pipeline
 from backupagent.pipeline.source import FileSource
+from backupagent.pipeline.zstd_framing import end_marker, is_skippable_magic
 
 PY = sys.executable
 
@@ -217,3 +218,81 @@ def test_cancelled_restore(tmp_path) -> None:
             io.BytesIO(stored), [PY, "-c", SINK, str(tmp_path / "x")], None, cancel=token
         )
     assert info.value.code == "CANCELLED"
+
+
+# -- multi-frame streams (one zstd thread: 4 MiB frames between markers) -----
+
+
+def framed_backup(tmp_path, data: bytes) -> bytes:
+    path = tmp_path / "dump.bin"
+    path.write_bytes(data)
+    w = MemWriter()
+    run_backup_pipeline(FileSource(path), w, threads=0)
+    return w.buf.getvalue()
+
+
+def boundaries(stored: bytes) -> list:
+    """Offsets where each frame (skippable or data) of ``stored`` ends."""
+    out, pos = [], 0
+    while pos < len(stored):
+        if is_skippable_magic(stored[pos : pos + 4]):
+            pos += 8 + int.from_bytes(stored[pos + 4 : pos + 8], "little")
+        else:
+            obj = zstandard.ZstdDecompressor().decompressobj()
+            obj.decompress(stored[pos:])
+            pos = len(stored) - len(obj.unused_data)
+        out.append(pos)
+    return out
+
+
+def test_a_framed_stream_restores_and_is_detected_as_zstd(tmp_path) -> None:
+    data = make_dump(14_000_000)  # 10.7 MB: three 4 MiB frames
+    stored = framed_backup(tmp_path, data)
+    assert len(boundaries(stored)) == 5  # start marker, 3 frames, end marker
+    stream = open_restore_stream(io.BytesIO(stored), [], None, None)
+    assert read_all(stream) == data
+    assert stream.compressed is True
+
+
+def test_a_framed_stream_cut_between_frames_is_refused(tmp_path) -> None:
+    """Each frame checks itself, so only the end marker can tell a stream cut
+    exactly between two frames from a whole one."""
+    data = make_dump(14_000_000)
+    stored = framed_backup(tmp_path, data)
+    cuts = boundaries(stored)[:-1]
+    for cut in cuts:
+        stream = open_restore_stream(io.BytesIO(stored[:cut]), [], False, True)
+        with pytest.raises(PipelineError) as info:
+            read_all(stream)
+        assert info.value.code == "DECOMPRESS_FAIL", cut
+        assert "truncated" in str(info.value), cut
+    # The stock decoder sees nothing wrong with the same cut: why the marker exists.
+    assert len(
+        zstandard.ZstdDecompressor()
+        .stream_reader(io.BytesIO(stored[: cuts[-2]]), read_across_frames=True)
+        .read()
+    ) < len(data)
+
+
+def test_a_framed_stream_whose_end_marker_disagrees_is_refused(tmp_path) -> None:
+    data = make_dump(7_000_000)  # 5.3 MB: two frames
+    stored = framed_backup(tmp_path, data)
+    marker = end_marker(len(data), 2)
+    assert stored.endswith(marker)
+    for bad in (end_marker(len(data) + 1, 2), end_marker(len(data), 3)):
+        stream = open_restore_stream(io.BytesIO(stored[: -len(marker)] + bad), [], False, True)
+        with pytest.raises(PipelineError) as info:
+            read_all(stream)
+        assert info.value.code == "DECOMPRESS_FAIL"
+    # A frame after the end marker (two backups glued together) is refused too.
+    glued = stored + zstandard.ZstdCompressor(write_checksum=True).compress(b"more")
+    with pytest.raises(PipelineError) as info:
+        read_all(open_restore_stream(io.BytesIO(glued), [], False, True))
+    assert info.value.code == "DECOMPRESS_FAIL"
+
+
+def test_a_single_frame_stream_without_markers_still_restores(tmp_path) -> None:
+    """Backups written before the markers (one frame) keep restoring."""
+    data = make_dump(1_000_000)
+    stored = zstandard.ZstdCompressor(level=3, write_checksum=True).compress(data)
+    assert read_all(open_restore_stream(io.BytesIO(stored), [], None, None)) == data
