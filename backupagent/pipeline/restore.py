@@ -145,8 +145,10 @@ class ZstdFrameTracker:
         return self.end is not None and not self._after_end and self.end[1] == self.frames
 
     def why_incomplete(self) -> str:
-        if self._state != "magic" or self._buf or self._skip or not self.frames:
+        if self._state != "magic" or self._buf or self._skip:
             return "it ends inside a frame"
+        if not self.frames:
+            return "it holds no complete zstd frame"
         if self.end is None:
             return f"it ends after {self.frames} frames without the end marker the agent writes"
         if self._after_end:
