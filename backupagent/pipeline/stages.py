@@ -106,9 +106,9 @@ class Tap:
 # frames of this size, each compressed in one call. Why: a streaming context
 # copies its input into a ring buffer, and once that wraps every block is
 # matched against the old half as an "external dictionary", zstd's slower
-# match finder. One-shot frames stay contiguous: on a 1 GB pg_dump, 10-15 %
-# less CPU (3.1-3.4 s against 3.5-4.6 s) and a slightly smaller output
-# (170.5 MB against 171.4 MB: at 4 MiB a frame is twice level 3's 2 MiB window,
+# match finder. One-shot frames stay contiguous: on a 1 GB pg_dump, 10-25 %
+# less CPU (3.1-4.2 s against 3.5-4.6 s in four alternating pairs) and a
+# smaller output (170.5 vs 171.4 MB: at 4 MiB a frame is twice level 3's 2 MiB window,
 # so little history is lost at the seams). Concatenated frames are standard
 # zstd: ``zstd -d`` and every decoder read them as one stream. Skippable
 # frames before and after them let a restore tell a stream cut between two

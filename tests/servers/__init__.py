@@ -29,6 +29,16 @@ def require(condition: bool, reason: str) -> None:
     pytest.skip(f"requirement missing: {reason}")
 
 
+def os_user_exists(name: str) -> bool:
+    import pwd
+
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
 def require_binary(name: str, hint: str) -> str:
     """Path of an executable on PATH, or skip/fail naming how to install it."""
     path = shutil.which(name)

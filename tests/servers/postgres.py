@@ -23,7 +23,7 @@ from typing import Dict, Iterator, List, Optional
 
 import pytest
 
-from tests.servers import free_port, require, wait_for
+from tests.servers import free_port, os_user_exists, require, wait_for
 
 OS_USER = "postgres"
 SUPERUSER = "postgres"
@@ -43,16 +43,6 @@ def _require_pg_binary(name: str) -> str:
     require(path is not None, f"`{name}` not found (apt-get install postgresql)")
     assert path is not None
     return path
-
-
-def _os_user_exists(name: str) -> bool:
-    import pwd
-
-    try:
-        pwd.getpwnam(name)
-    except KeyError:
-        return False
-    return True
 
 
 def _stop_process(proc: subprocess.Popen, sig: int, timeout: float) -> None:
@@ -149,7 +139,7 @@ def _start_postgres(base: str) -> tuple:
     require(os.path.exists(postgres), f"`postgres` not found next to {initdb}")
     require(os.path.exists(psql), "`psql` not found (apt-get install postgresql-client)")
     if os.geteuid() == 0:
-        require(_os_user_exists(OS_USER), f"system user {OS_USER!r} to run the cluster")
+        require(os_user_exists(OS_USER), f"system user {OS_USER!r} to run the cluster")
         run_as: Dict[str, object] = {"user": OS_USER, "group": OS_USER, "extra_groups": []}
     else:
         run_as = {}

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from backupagent.fsutil import atomic_write
-from tests.servers import require
+from tests.servers import os_user_exists, require
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
 
@@ -103,7 +103,8 @@ def test_a_registration_in_a_root_group_directory_stays_roots(tmp_path: Path) ->
 
     etc = tmp_path / "etc"
     etc.mkdir(mode=0o750)
-    lonely = next((g for g in grp.getgrall() if g.gr_gid != 0 and not _has_user(g.gr_name)), None)
+    groups = grp.getgrall()
+    lonely = next((g for g in groups if g.gr_gid and not os_user_exists(g.gr_name)), None)
     require(lonely is not None, "a group with no same-named user")
     os.chown(etc, 0, lonely.gr_gid)  # a group that names no user: nothing to guess
     settings = load_settings(etc, tmp_path / "state")
@@ -112,13 +113,3 @@ def test_a_registration_in_a_root_group_directory_stays_roots(tmp_path: Path) ->
     )
     assert os.stat(settings.api_key_file).st_uid == 0
     assert os.stat(settings.settings_file).st_uid == 0
-
-
-def _has_user(name: str) -> bool:
-    import pwd
-
-    try:
-        pwd.getpwnam(name)
-    except KeyError:
-        return False
-    return True
