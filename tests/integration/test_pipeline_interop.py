@@ -14,6 +14,7 @@ import pytest
 from backupagent.pipeline.restore import open_restore_stream
 from backupagent.pipeline.run import run_backup_pipeline
 from backupagent.pipeline.source import ProcessSource
+from backupagent.pipeline.stages import FRAME_SIZE
 from backupagent.targets.local import LocalTarget
 from tests.servers import require_binary
 
@@ -72,8 +73,11 @@ def test_zstd_cli_reads_unencrypted_output(tools, tmp_path) -> None:
     listing = subprocess.run(
         [tools["zstd"], "-lv", str(path)], check=True, capture_output=True, text=True
     ).stdout
-    # ~8 MB in two 4 MiB frames between the start and end markers, read as one stream
-    assert "# Zstandard Frames: 2" in listing and "# Skippable Frames: 2" in listing, listing
+    # FRAME_SIZE frames between the start and end markers, read as one stream
+    frames = -(-len(expected()) // FRAME_SIZE)
+    assert frames > 1
+    assert f"# Zstandard Frames: {frames}\n" in listing, listing
+    assert "# Skippable Frames: 2" in listing, listing
     out = subprocess.run(
         [tools["zstd"], "-d", "-c", str(path)], check=True, capture_output=True
     ).stdout

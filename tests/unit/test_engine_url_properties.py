@@ -58,15 +58,16 @@ def visible_elsewhere(piece: str, rest: str) -> bool:
 @example("postgresql", "u", "ab@secret", "h", ":99999", "x", False)
 @example("mysql", "u", "s3cr#t", "h", "", "db", False)
 @example("postgresql", "u", "12345/xyzw", "h", "", "db", False)
+@example("postgresql", "0", ":***", "127.0.0.1", "", "0", False)
 def test_password_never_echoed(
     scheme: str, user: str, password: str, host: str, port: str, db: str, quoted: bool
 ) -> None:
     secret = urllib.parse.quote(password, safe="") if quoted else password
     url = f"{scheme}://{user}:{secret}@{host}{port}/{db}"
-    # What the outputs show anyway: the URL without its password, and the
+    # What the outputs show anyway: the URL with its password masked, and the
     # fixed words of a ConnectionSpec repr (a password "user" is not leaked
-    # by the field name user=).
-    rest = f"{scheme}://{user}:\x00@{host}{port}/{db} {host}:5432 {SPEC_WORDS}"
+    # by the field name user=, nor a password ":***" by the mask).
+    rest = f"{scheme}://{user}:***@{host}{port}/{db} {host}:5432 {SPEC_WORDS}"
     text = outputs(url)
     for piece in {password, secret, *pieces(password)}:
         if len(piece) < 4 or visible_elsewhere(piece, rest):

@@ -20,6 +20,7 @@ from backupagent.pipeline.restore import (
 )
 from backupagent.pipeline.run import run_backup_pipeline
 from backupagent.pipeline.source import FileSource
+from backupagent.pipeline.stages import FRAME_SIZE
 from backupagent.pipeline.zstd_framing import end_marker, is_skippable_magic
 
 PY = sys.executable
@@ -36,7 +37,7 @@ class MemWriter:
 
 def make_dump(n: int = 3_000_000) -> bytes:
     rows = b"".join(
-        b"%d\tname %d\t%s\n" % (i, i % 13, os.urandom(4).hex().encode()) for i in range(n // 30)
+        b"%d\tname %d\t%s\n" % (i, i % 13, os.urandom(4).hex().encode()) for i in range(n // 20)
     )
     return rows[:n]
 
@@ -220,7 +221,7 @@ def test_cancelled_restore(tmp_path) -> None:
     assert info.value.code == "CANCELLED"
 
 
-# -- multi-frame streams (one zstd thread: 4 MiB frames between markers) -----
+# -- multi-frame streams (one zstd thread: FRAME_SIZE frames between markers) -----
 
 
 def framed_backup(tmp_path, data: bytes) -> bytes:
@@ -246,7 +247,7 @@ def boundaries(stored: bytes) -> list:
 
 
 def test_a_framed_stream_restores_and_is_detected_as_zstd(tmp_path) -> None:
-    data = make_dump(14_000_000)  # 10.7 MB: three 4 MiB frames
+    data = make_dump(2 * FRAME_SIZE + FRAME_SIZE // 2)  # three frames
     stored = framed_backup(tmp_path, data)
     assert len(boundaries(stored)) == 5  # start marker, 3 frames, end marker
     stream = open_restore_stream(io.BytesIO(stored), [], None, None)
@@ -257,7 +258,7 @@ def test_a_framed_stream_restores_and_is_detected_as_zstd(tmp_path) -> None:
 def test_a_framed_stream_cut_between_frames_is_refused(tmp_path) -> None:
     """Each frame checks itself, so only the end marker can tell a stream cut
     exactly between two frames from a whole one."""
-    data = make_dump(14_000_000)
+    data = make_dump(2 * FRAME_SIZE + FRAME_SIZE // 2)
     stored = framed_backup(tmp_path, data)
     cuts = boundaries(stored)[:-1]
     for cut in cuts:
@@ -275,7 +276,7 @@ def test_a_framed_stream_cut_between_frames_is_refused(tmp_path) -> None:
 
 
 def test_a_framed_stream_whose_end_marker_disagrees_is_refused(tmp_path) -> None:
-    data = make_dump(7_000_000)  # 5.3 MB: two frames
+    data = make_dump(FRAME_SIZE + FRAME_SIZE // 2)  # two frames
     stored = framed_backup(tmp_path, data)
     marker = end_marker(len(data), 2)
     assert stored.endswith(marker)

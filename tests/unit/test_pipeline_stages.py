@@ -108,18 +108,21 @@ def test_zstd_round_trip_with_checksum(threads: int) -> None:
     assert sink.closed == 1
     assert z.bytes_in == len(data)
     assert z.bytes_out == len(out) < len(data)
-    # One stream from worker threads; 4 MiB frames in the calling thread.
-    assert _frames(out) == (1 if threads > 1 else 2)
+    # One stream from worker threads; FRAME_SIZE frames in the calling thread.
+    assert _frames(out) == (1 if threads > 1 else -(-len(data) // FRAME_SIZE))
     assert _unzstd(out) == data
 
 
-@pytest.mark.parametrize("size", [FRAME_SIZE - 1, FRAME_SIZE, FRAME_SIZE + 1, 2 * FRAME_SIZE])
+@pytest.mark.parametrize(
+    "size", [FRAME_SIZE - 1, FRAME_SIZE, FRAME_SIZE + 1, 2 * FRAME_SIZE, 9 * FRAME_SIZE + 17]
+)
 def test_frames_are_cut_at_frame_size_whatever_the_writes(size: int) -> None:
     data = _data(size)
     sink = Sink()
     z = ZstdCompressor(sink, level=1, threads=0)
     i = 0
-    for step in (1, 7, 333_333, 1 << 20, 3 << 20):  # writes that straddle frames
+    # Writes that straddle frames, fill one exactly, or hold several.
+    for step in (1, 7, FRAME_SIZE - 8, FRAME_SIZE, 3 * FRAME_SIZE + 5, 1 << 20):
         z.write(memoryview(data)[i : i + step])
         i += step
     z.write(data[i:])
