@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark: the real ``backupagent backup`` CLI against the best native pipelines.
 
-    python bench/backup_vs_native.py [--scale 1] [--reps 3] [--only local|s3|all]
+    python bench/backup_vs_native.py [--scale 1] [--reps 5] [--only local|s3|all]
                                      [--workdir DIR] [--keep] [--out result.json]
 
 Issue 3, item 11. In one run, on this machine:
@@ -605,7 +605,13 @@ def print_table(summ: Dict[str, Any], meta: Dict[str, Any]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--scale", type=float, default=1, help="database size in ~1 GB units")
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument(
+        "--reps",
+        type=int,
+        default=5,
+        help="alternating repetitions (runs here vary +-10-20 %%: a paired median of 5 "
+        "is steadier than of 3)",
+    )
     ap.add_argument("--only", choices=["local", "s3", "all"], default="all")
     ap.add_argument("--workdir", default=None, help="where data goes (default: a temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the cluster in --workdir")
