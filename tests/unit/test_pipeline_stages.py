@@ -133,6 +133,24 @@ def test_frames_are_cut_at_frame_size_whatever_the_writes(size: int) -> None:
     assert z.bytes_in == size and z.bytes_out == len(out)
 
 
+def test_one_write_of_many_frames_goes_downstream_as_one_piece() -> None:
+    """The upload thread is woken once per input chunk, not once per frame."""
+    data = _data(8 * FRAME_SIZE + 100)
+    sink = Sink()
+    writes: list = []
+    sink_write = sink.write
+    sink.write = lambda d: (writes.append(len(d)), sink_write(d))  # type: ignore[method-assign]
+    z = ZstdCompressor(sink, level=3, threads=0)
+    z.write(data[:100])  # a tail only: nothing to send yet
+    assert writes == []
+    z.write(data[100:])  # tops up the tail, then 7 whole frames, 100 bytes left
+    assert len(writes) == 1
+    z.close()  # the last frame and the end marker together
+    assert len(writes) == 2
+    out = sink.buf.getvalue()
+    assert _frames(out) == 9 and _unzstd(out) == data
+
+
 def test_levels_above_three_stay_one_frame_in_one_thread() -> None:
     data = _data(FRAME_SIZE + 5000)
     sink = Sink()
