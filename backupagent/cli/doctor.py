@@ -861,6 +861,8 @@ def check_metrics_file(ctx: DoctorContext, path_text: str) -> CheckResult:
 # -- assembling ----------------------------------------------------------------------
 
 
+# What the checks import lazily, loaded before their threads start
+# (backupagent.preload says why).
 _LAZY_CHECK_MODULES = (
     "backupagent.config.load",
     "backupagent.crypto.keys",
@@ -871,23 +873,10 @@ _LAZY_CHECK_MODULES = (
 )
 
 
-def _preload_check_modules() -> None:
-    """Import, in this one thread, what the checks import lazily.
-
-    Why: the checks run in parallel threads, and CPython's import can fail
-    with ``KeyError: 'backupagent.engines'`` when threads import submodules
-    of a package none has finished loading (a known race, gh-83065 /
-    bpo-38884); a doctor check crashed that way in a CI run. After this, the
-    threads only import leaf modules of loaded packages.
-    """
-    import importlib
-
-    for name in _LAZY_CHECK_MODULES:
-        importlib.import_module(name)
-
-
 def build_checks(ctx: DoctorContext) -> List[Check]:
-    _preload_check_modules()
+    from backupagent.preload import preload
+
+    preload(_LAZY_CHECK_MODULES)
     t = ctx.timeout
     checks: List[Check] = [
         Check("user", lambda: check_user(ctx), t),

@@ -7,10 +7,8 @@ reported as a failed job too, so the control plane hears about every run.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import socket
-import threading
 import time
 from typing import Any, List
 
@@ -23,41 +21,29 @@ from backupagent.settings import Settings
 
 log = logging.getLogger(__name__)
 
-_IMPORT_LOCK = threading.Lock()
-
 
 def preload_job_modules(schedule: Any, config: Any) -> None:
-    """Import, one job at a time, what this job would import lazily in its threads.
-
-    Why: the daemon keeps boto3, docker and cryptography out of memory until
-    a job needs them, so the first jobs import them from their own threads.
-    CPython's import can fail with ``KeyError: '<package>'`` when threads
-    import submodules of packages none has finished loading (gh-83065; it
-    crashed a doctor check in CI). Two schedules firing together must not
-    fail for that, so their first imports happen here, in turn; afterwards
-    each import is a lookup in ``sys.modules``. An import error is left for
-    the job itself to report where it happens.
-    """
+    """Load, one job at a time, what this job's threads would import lazily
+    (``backupagent.preload`` says why): two schedules firing together must
+    not race each other's first imports."""
     from backupagent.engines.registry import module_for
+    from backupagent.preload import preload
 
     try:
         target = config.target(schedule.target_id)
     except KeyError:  # resolving the schedule reports it
         target = None
     names: List[str] = ["backupagent.jobs.backup", "backupagent.pipeline.run"]
-    names.append(module_for(schedule.database.db_type) or "backupagent.engines")
+    engine = module_for(schedule.database.db_type)
+    if engine:  # an unsupported one is reported by resolving the schedule
+        names.append(engine)
     if target is not None and target.encryption.recipients:
         names.append("backupagent.crypto.age")
     if target is not None and target.type == "s3":
         names += ["backupagent.targets.s3", "botocore.session"]
     if schedule.verification.enabled:
         names += ["backupagent.verify.run", "docker"]
-    with _IMPORT_LOCK:
-        for name in names:
-            try:
-                importlib.import_module(name)
-            except Exception as exc:  # the job reports it where it matters
-                log.debug("preloading %s failed: %s", name, exc)
+    preload(names)
 
 
 def make_reporter(settings: Settings, api: Any, reload_api: Any = None) -> Reporter:

@@ -56,3 +56,12 @@ def test_a_schedule_naming_a_missing_target_is_left_to_the_job_to_report() -> No
 
     schedule = NS(target_id="gone", database=NS(db_type="nosuchdb"), verification=NS(enabled=False))
     preload_job_modules(schedule, NS(target=no_target))  # no exception
+
+
+def test_a_module_that_fails_to_load_is_left_to_its_user() -> None:
+    import sys
+
+    from backupagent.preload import preload
+
+    preload(["backupagent.no_such_module", "backupagent.retention"])  # no exception
+    assert "backupagent.retention" in sys.modules  # the rest still loaded
